@@ -1,0 +1,3 @@
+from udpio._cli import console_main
+
+console_main()

@@ -1,0 +1,138 @@
+"""Addresses: validation of hosts, ports and sizes, and resolution, in one place.
+
+IPv6 is a peer of IPv4 here: addresses are passed through as the kernel gives them, 4-tuples
+``(host, port, flowinfo, scope_id)`` for IPv6, so a link-local scope is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import TypeAlias
+
+from ._errors import DatagramTooLargeError, HostNotFoundError, InvalidAddressError, InvalidPortError
+
+#: ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as the socket module returns them.
+Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+
+#: Largest UDP payload: 65535 (IPv4 total length) - 20 (IP header) - 8 (UDP header).
+MAX_PAYLOAD_IPV4 = 65507
+#: Largest UDP payload without jumbograms: 65535 (IPv6 payload length) - 8 (UDP header); see RFC 2675.
+MAX_PAYLOAD_IPV6 = 65527
+
+_FAMILIES = {0: "any", socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+
+
+def family_name(family: int) -> str:
+    """``"IPv4"`` or ``"IPv6"`` (or ``"any"`` for AF_UNSPEC)."""
+    return _FAMILIES.get(family, f"family {family}")
+
+
+def check_family(family: int) -> int:
+    """Validate an address family argument: AF_UNSPEC (0), AF_INET or AF_INET6."""
+    if isinstance(family, bool) or family not in _FAMILIES:
+        raise InvalidAddressError("family", "socket.AF_INET, socket.AF_INET6 or 0", family)
+    return int(family)
+
+
+def check_port(port: object, what: str = "port") -> int:
+    """Return ``port`` if it is an int in 0..65535, else raise :class:`InvalidPortError`."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InvalidPortError(port, what)
+    return port
+
+
+def max_payload(family: int) -> int:
+    """The largest datagram a socket of ``family`` can send."""
+    return MAX_PAYLOAD_IPV6 if family == socket.AF_INET6 else MAX_PAYLOAD_IPV4
+
+
+def check_size(size: int, family: int, limit: int | None = None) -> None:
+    """Raise :class:`DatagramTooLargeError` if ``size`` bytes cannot be sent on ``family`` (or exceed ``limit``)."""
+    top = max_payload(family) if limit is None else limit
+    if size > top:
+        raise DatagramTooLargeError(size, top, family_name(family))
+
+
+def ip_family(host: object) -> int:
+    """The family of an IP literal (``"::1%lo"`` scoped form allowed), or :class:`InvalidAddressError`.
+
+    Names are refused: this is for the places where resolving would block or be ambiguous
+    (``sendto`` on the hot path, Twisted's ``connect``), exactly as Twisted refuses them.
+    """
+    if not isinstance(host, str):
+        raise InvalidAddressError("host", "an IP address string", host)
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return socket.AF_INET
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+        return socket.AF_INET6
+    except OSError:
+        raise InvalidAddressError("host", "an IPv4 or IPv6 address (not a name)", host) from None
+
+
+def _check_host(host: object) -> str:
+    if not isinstance(host, str) or not host or "\x00" in host:
+        raise InvalidAddressError("host", "a non-empty host name or IP address string", host)
+    return host
+
+
+def resolve_numeric(host: str, port: int, family: int) -> tuple[int, Address] | None:
+    """Resolve an IP literal without any lookup; ``None`` when ``host`` is a name.
+
+    Returns ``(family, sockaddr)``. A literal of the other family than ``family`` asked for is an error.
+    """
+    _check_host(host)
+    check_port(port)
+    check_family(family)
+    try:
+        infos = socket.getaddrinfo(
+            host, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        try:
+            found = ip_family(host)
+        except InvalidAddressError:
+            return None
+        # A literal that getaddrinfo refused for this family: say which family it is.
+        raise InvalidAddressError(
+            "host", f"an {family_name(family)} address", f"{host} ({family_name(found)})"
+        ) from None
+    fam, _, _, _, sockaddr = infos[0]
+    return fam, sockaddr  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
+
+
+async def resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
+    """Resolve ``host`` to ``(family, sockaddr)`` for UDP, without blocking the loop.
+
+    IP literals are handled without a lookup; names go through ``loop.getaddrinfo`` and the
+    first UDP result is taken. An unknown name raises :class:`HostNotFoundError` naming it.
+    """
+    numeric = resolve_numeric(host, port, family)
+    if numeric is not None:
+        return numeric
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM,
+                                       proto=socket.IPPROTO_UDP)
+    except socket.gaierror as exc:
+        raise HostNotFoundError(host, exc) from exc
+    if not infos:  # pragma: no cover - getaddrinfo raises rather than returning nothing
+        raise HostNotFoundError(host, socket.gaierror(socket.EAI_NONAME, "no address"))
+    fam, _, _, _, sockaddr = infos[0]
+    return fam, sockaddr  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
+
+
+def format_address(addr: object) -> str:
+    """``127.0.0.1:8007`` / ``[::1]:8007`` (scope kept as ``%N``) for messages and the CLI."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        if len(addr) == 4 and addr[3]:
+            host = f"{host}%{addr[3]}" if "%" not in str(host) else host
+        if ":" in str(host):
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    return repr(addr)

@@ -1,0 +1,46 @@
+"""``udpio listen``: print every datagram that arrives, as text (undecodable bytes escaped) or hex."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .._addr import format_address
+from .._stream import open_endpoint
+from . import add_endpoint_arguments, err
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "listen", help="print datagrams as they arrive",
+        description="Bind HOST PORT and print each datagram with its sender.",
+    )
+    add_endpoint_arguments(parser, default_port=None)
+    parser.add_argument("--hex", action="store_true", help="print payloads as hex")
+    parser.add_argument("-c", "--count", type=int, default=0, help="stop after N datagrams (0: never)")
+    parser.set_defaults(func=run)
+
+
+def render(data: bytes, as_hex: bool) -> str:
+    """One printable line for a payload: hex, or UTF-8 with undecodable bytes and controls escaped."""
+    if as_hex:
+        return data.hex(" ")
+    text = data.decode("utf-8", errors="backslashreplace")
+    return text.encode("unicode_escape", errors="backslashreplace").decode("ascii").replace("\\\\x", "\\x")
+
+
+async def run(args: argparse.Namespace) -> int:
+    received = 0
+    async with await open_endpoint(args.host, args.port, family=args.family) as ep:
+        err(f"udpio listen: listening on {format_address(ep.local_address)}")
+        try:
+            async for data, addr in ep:
+                received += 1
+                print(f"{format_address(addr)}\t{len(data)}\t{render(data, args.hex)}", flush=True)
+                if args.count and received >= args.count:
+                    break
+        finally:
+            err(f"udpio listen: {received} datagrams received, {ep.counters.dropped} dropped")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,207 @@
+"""Every socket option udpio sets or reads (multicast membership lives in ``_membership.py``).
+
+Options the caller asked for fail loudly; best-effort options forgive only a named errno, decided here.
+Numbers the :mod:`socket` module of Python 3.10/3.11 does not export are defined below with their source.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import sys
+
+from ._addr import check_family, family_name
+from ._errors import InvalidArgumentError
+
+#: ``SO_RXQ_OVFL`` (socket(7), Linux >= 2.6.33): every datagram carries, as ancillary data, the uint32
+#: count of datagrams the kernel dropped on this socket because its receive queue was full.
+SO_RXQ_OVFL: int = getattr(socket, "SO_RXQ_OVFL", 40)
+#: ``UDP_SEGMENT`` (udp(7), Linux >= 4.18): GSO, one send of many equal-sized datagrams.
+UDP_SEGMENT: int = getattr(socket, "UDP_SEGMENT", 103)
+#: ``UDP_GRO`` (udp(7), Linux >= 5.0): the kernel may coalesce equal-sized datagrams into one receive,
+#: reporting the segment size as a ``UDP_GRO`` control message (an int).
+UDP_GRO: int = getattr(socket, "UDP_GRO", 104)
+SOL_UDP: int = getattr(socket, "SOL_UDP", 17)
+
+#: Errnos meaning "this kernel or protocol does not have that option": the only ones a best-effort
+#: option forgives. ENOPROTOOPT is Linux's answer; EINVAL comes from older kernels for unknown UDP levels;
+#: EOPNOTSUPP from BSD-derived stacks.
+_OPTION_MISSING = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP})
+
+IS_LINUX = sys.platform.startswith("linux")
+
+
+def _check_buffer_size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgumentError(what, "a positive int (bytes)", value)
+    return value
+
+
+def open_socket(
+    family: int,
+    *,
+    reuse_port: bool = False,
+    reuse_addr: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    broadcast: bool = False,
+) -> socket.socket:
+    """A new non-blocking UDP socket of ``family`` with the options asked for; closed again on any failure.
+
+    ``SO_REUSEADDR`` stays off unless asked (CPython removed it from ``create_datagram_endpoint`` because on
+    unicast UDP it lets another process steal the port: bpo-37228). IPv6 sockets get ``IPV6_V6ONLY`` set
+    explicitly, so the behaviour does not depend on the ``net.ipv6.bindv6only`` sysctl.
+    """
+    check_family(family)
+    if family == 0:
+        raise InvalidArgumentError("family", "socket.AF_INET or socket.AF_INET6 for a new socket", family)
+    if rcvbuf is not None:
+        _check_buffer_size(rcvbuf, "rcvbuf")
+    if sndbuf is not None:
+        _check_buffer_size(sndbuf, "sndbuf")
+    sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        sock.setblocking(False)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            set_reuse_port(sock)
+        if rcvbuf is not None:
+            set_rcvbuf(sock, rcvbuf)
+        if sndbuf is not None:
+            set_sndbuf(sock, sndbuf)
+        if broadcast:
+            set_broadcast(sock, True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def set_reuse_port(sock: socket.socket) -> None:
+    """Turn on ``SO_REUSEPORT``; raises :class:`NotImplementedError` where the platform lacks it."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None:
+        raise NotImplementedError(f"reuse_port=True: SO_REUSEPORT is not available on {sys.platform}")
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
+
+
+def get_reuse_port(sock: socket.socket) -> bool:
+    """Whether ``SO_REUSEPORT`` is on (``False`` where the platform lacks it)."""
+    option = getattr(socket, "SO_REUSEPORT", None)
+    return option is not None and bool(sock.getsockopt(socket.SOL_SOCKET, option))
+
+
+def set_reuse_addr(sock: socket.socket, on: bool) -> None:
+    """Set ``SO_REUSEADDR`` (multicast listeners sharing a port need it; unicast ones must not have it)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(on))
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """Set ``SO_RCVBUF``; Linux doubles the value and caps it at ``net.core.rmem_max`` (socket(7))."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _check_buffer_size(size, "rcvbuf"))
+
+
+def get_rcvbuf(sock: socket.socket) -> int:
+    """The receive buffer size the kernel really uses."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+def set_sndbuf(sock: socket.socket, size: int) -> None:
+    """Set ``SO_SNDBUF`` (doubled and capped at ``net.core.wmem_max`` on Linux)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _check_buffer_size(size, "sndbuf"))
+
+
+def get_sndbuf(sock: socket.socket) -> int:
+    """The send buffer size the kernel really uses."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+
+
+def set_broadcast(sock: socket.socket, on: bool) -> None:
+    """Allow or forbid sending to broadcast addresses (``SO_BROADCAST``)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, int(bool(on)))
+
+
+def get_broadcast(sock: socket.socket) -> bool:
+    """Whether sending to broadcast addresses is allowed."""
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST))
+
+
+def get_v6only(sock: socket.socket) -> bool:
+    """Whether an IPv6 socket refuses IPv4-mapped traffic."""
+    return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+
+
+def pending_error(sock: socket.socket) -> int:
+    """Read and clear ``SO_ERROR`` (the pending asynchronous error, e.g. ECONNREFUSED from ICMP)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def enable_rxq_ovfl(sock: socket.socket) -> bool:
+    """Best effort: ask for the kernel drop counter on every datagram. ``False`` where the kernel lacks it."""
+    if not IS_LINUX:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+    except OSError as exc:
+        if exc.errno in _OPTION_MISSING:
+            return False
+        raise
+    return True
+
+
+def parse_rxq_ovfl(data: bytes) -> int:
+    """The cumulative drop count carried by an ``SO_RXQ_OVFL`` control message (a native uint32)."""
+    return int(struct.unpack("=I", data[:4])[0])
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Best effort: let the kernel coalesce received datagrams (``UDP_GRO``). ``False`` where unsupported."""
+    if not IS_LINUX:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as exc:
+        if exc.errno in _OPTION_MISSING:
+            return False
+        raise
+    return True
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether ``UDP_SEGMENT`` works on this socket (probed with a harmless ``getsockopt``)."""
+    if not IS_LINUX:
+        return False
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError as exc:
+        if exc.errno in _OPTION_MISSING:
+            return False
+        raise
+    return True
+
+
+def gso_cmsg(segment_size: int) -> tuple[int, int, bytes]:
+    """Ancillary data for ``sendmsg`` asking the kernel to cut the buffer into ``segment_size`` datagrams.
+
+    udp(7): the value is a ``uint16_t``; the last segment may be shorter.
+    """
+    return (SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment_size))
+
+
+def describe(sock: socket.socket) -> dict[str, object]:
+    """The options of ``sock`` as the kernel reports them (for ``udpio`` diagnostics and tests)."""
+    info: dict[str, object] = {
+        "family": family_name(sock.family),
+        "rcvbuf": get_rcvbuf(sock),
+        "sndbuf": get_sndbuf(sock),
+        "broadcast": get_broadcast(sock),
+        "reuse_port": get_reuse_port(sock),
+        "reuse_addr": bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)),
+    }
+    if sock.family == socket.AF_INET6:
+        info["v6only"] = get_v6only(sock)
+    return info
