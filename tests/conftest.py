@@ -6,7 +6,6 @@ skips with a reason when ``::1`` cannot be bound).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import socket
 from collections.abc import Iterator

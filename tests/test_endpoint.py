@@ -192,7 +192,7 @@ async def test_adopt_refuses_bad_sockets_and_leaves_them_untouched(host: str, fa
             await udpio.adopt(Collector, r)
         with pytest.raises(udpio.InvalidSocketError, match="open file descriptor"):
             await udpio.adopt(Collector, w + 1000)
-        with pytest.raises(udpio.InvalidSocketError, match="socket.socket or an int"):
+        with pytest.raises(udpio.InvalidSocketError, match=r"socket.socket or an int"):
             await udpio.adopt(Collector, "3")  # type: ignore[arg-type]
         assert blocking.fileno() != -1 and blocking.getblocking()
         assert tcp.fileno() != -1
@@ -204,15 +204,15 @@ async def test_adopt_refuses_bad_sockets_and_leaves_them_untouched(host: str, fa
 
 
 async def test_bad_arguments_name_the_value(host: str) -> None:
-    with pytest.raises(udpio.InvalidPortError, match="port must be an int in 0..65535, got 70000"):
+    with pytest.raises(udpio.InvalidPortError, match=r"port must be an int in 0..65535, got 70000"):
         await udpio.listen(Collector, host, 70000)
     with pytest.raises(udpio.InvalidPortError, match="-1"):
         await udpio.connect(Collector, host, -1)
-    with pytest.raises(udpio.InvalidAddressError, match="host must be a non-empty .* got ''"):
+    with pytest.raises(udpio.InvalidAddressError, match=r"host must be a non-empty .* got ''"):
         await udpio.listen(Collector, "", 0)
     with pytest.raises(udpio.InvalidAddressError, match="family must be"):
         await udpio.listen(Collector, host, 0, family=99)
-    with pytest.raises(udpio.HostNotFoundError, match="no-such-host.invalid"):
+    with pytest.raises(udpio.HostNotFoundError, match=r"no-such-host.invalid"):
         await udpio.listen(Collector, "no-such-host.invalid", 0)
     with pytest.raises(udpio.InvalidArgumentError, match="max_size"):
         await udpio.listen(Collector, host, 0, max_size=70000)

@@ -199,7 +199,7 @@ async def open_endpoint(
     host: str | None = None,
     port: int = 0,
     *,
-    remote: tuple[str, int] | None = None,
+    remote: Address | None = None,
     sock: socket.socket | int | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     **options: Any,

@@ -27,7 +27,9 @@ def render(data: bytes, as_hex: bool) -> str:
     if as_hex:
         return data.hex(" ")
     text = data.decode("utf-8", errors="backslashreplace")
-    return text.encode("unicode_escape", errors="backslashreplace").decode("ascii").replace("\\\\x", "\\x")
+    # Printable characters (any script) stay; controls (NUL, newline, escape sequences) are shown escaped so a
+    # peer cannot move the cursor or forge lines in the terminal.
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 async def run(args: argparse.Namespace) -> int:
