@@ -36,6 +36,8 @@ class Counters:
     errors_received: int = 0
     send_errors: int = 0
     handler_errors: int = 0
+    #: Receives that carried several datagrams coalesced by UDP GRO (each counted in ``datagrams_in`` too).
+    gro_batches: int = 0
     policy_drops: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property

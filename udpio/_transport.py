@@ -314,6 +314,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         sock = self._sock
         nbytes = 0
         oversize = 0
+        gro_batches = 0
         for _ in range(MAX_DATAGRAMS_PER_EVENT):
             segment = 0
             try:
@@ -337,6 +338,7 @@ class DatagramTransport(asyncio.DatagramTransport):
                 continue
             length = len(data)
             if segment and length > segment:
+                gro_batches += 1
                 for start in range(0, length, segment):
                     piece = data[start : start + segment]
                     if len(piece) > limit:
@@ -351,6 +353,7 @@ class DatagramTransport(asyncio.DatagramTransport):
                 nbytes += length
         counters = self._counters
         counters.dropped_oversize += oversize
+        counters.gro_batches += gro_batches
         counters.datagrams_in += len(batch)
         counters.bytes_in += nbytes
         if batch:
@@ -518,6 +521,50 @@ class DatagramTransport(asyncio.DatagramTransport):
         if self._closing and not self._closed:
             self._closed = True
             self._call_connection_lost(None)
+
+    def send_batch(self, batch: Iterable[tuple[bytes | bytearray | memoryview, Any]]) -> None:
+        """Send ``(data, addr)`` pairs, e.g. replies built from a ``datagrams_received`` batch.
+
+        The same as calling :meth:`sendto` for each pair, with the per-call checks hoisted out of the loop
+        (one address validation per distinct destination, counters updated once).
+        """
+        if self._closing:
+            raise EndpointClosedError("UDP endpoint")
+        if self._buffer or self._remote is not None:
+            for data, addr in batch:
+                self.sendto(data, addr)
+            return
+        sendto = self._sock.sendto
+        ok = self._ok_addresses
+        top = self._max_payload
+        sent = nbytes = 0
+        pending = iter(batch)
+        try:
+            for data, addr in pending:
+                if addr not in ok:
+                    self._check_destination(addr)
+                size = len(data)
+                if size > top:
+                    raise DatagramTooLargeError(size, top, family_name(self._family))
+                try:
+                    sendto(data, addr)
+                except (BlockingIOError, InterruptedError):
+                    # Kernel buffer full: this one and the rest go through the buffer, in order.
+                    self._loop.add_writer(self._fileno, self._write_ready)
+                    self._queue(bytes(data), addr, size)
+                    for rest, rest_addr in pending:
+                        self.sendto(rest, rest_addr)
+                    return
+                except OSError as exc:
+                    self._send_failed(exc)
+                    if self._closing:
+                        return
+                    continue
+                sent += 1
+                nbytes += size
+        finally:
+            self._counters.datagrams_out += sent
+            self._counters.bytes_out += nbytes
 
     def send_many(self, datagrams: Sequence[bytes | bytearray | memoryview], addr: Any = None) -> None:
         """Send several datagrams to one destination, with as few system calls as the platform allows.
