@@ -1,44 +1,102 @@
-"""The echo server: :func:`start_echo` / :func:`serve_echo` and :class:`EchoProtocol`.
+"""The echo server: :func:`start_echo` / :func:`serve_echo` and :class:`EchoProtocol`, safe by default.
 
-A reply is the request itself, so it is never larger than what caused it (no amplification).
+A reply is the request itself, so it is never larger than what caused it (no amplification). Every datagram
+first passes a :class:`~udpio.SafetyPolicy` (reflection guard, rate limits, allow/deny lists); what it refuses
+is counted under its reason in ``counters.policy_drops`` and never answered. ``policy=None`` turns that off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 from ._addr import Address, format_address
 from ._counters import Counters
 from ._endpoint import listen
+from ._errors import EndpointClosedError, InvalidArgumentError
+from ._policy import SafetyPolicy
 from ._transport import DatagramTransport
 
 #: The tutorial's port.
 DEFAULT_ECHO_PORT = 8007
+#: How long a closing server waits for its buffered replies to go out before dropping (and counting) them:
+#: the kernel takes UDP as fast as the device sends, so only a stuck device ever needs the limit.
+SHUTDOWN_FLUSH_TIMEOUT = 2.0
+
+#: ``"default"`` (a fresh :class:`SafetyPolicy` with its defaults), a policy of your own, or ``None`` (off).
+PolicyArg: TypeAlias = SafetyPolicy | Literal["default"] | None
+
+
+def make_policy(policy: object) -> SafetyPolicy | None:
+    """Resolve a ``policy`` argument; a wrong type raises :class:`~udpio.InvalidArgumentError` naming it."""
+    if isinstance(policy, str) and policy == "default":
+        return SafetyPolicy()
+    if policy is None or isinstance(policy, SafetyPolicy):
+        return policy
+    raise InvalidArgumentError("policy", "'default', None or a udpio.SafetyPolicy", policy)
 
 
 class EchoProtocol(asyncio.DatagramProtocol):
-    """Sends every datagram back to its sender, unchanged (zero-length ones too).
+    """Sends every datagram the policy admits back to its sender, unchanged (zero-length ones too).
 
-    Works on any asyncio datagram transport; on udpio's it takes whole batches per readiness event.
+    ``policy`` as :func:`start_echo`: by default a fresh :class:`~udpio.SafetyPolicy`. Refused datagrams
+    are counted in the transport's counters (``policy_drops`` by reason) or, on a transport without
+    udpio's counters, in :attr:`counters`. Works on any asyncio datagram transport; on udpio's it takes
+    whole batches per readiness event.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: PolicyArg = "default") -> None:
+        self.policy: SafetyPolicy | None = make_policy(policy)
         self.transport: asyncio.DatagramTransport | None = None
+        self.counters = Counters()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram endpoint gives a DatagramTransport
+        # udpio's transport hands out its Counters object; keep it, so drops land next to the other counts
+        # (and ``transport.counters`` is not read per datagram: that property reads /proc).
+        counters = transport.get_extra_info("counters")
+        if isinstance(counters, Counters):
+            self.counters = counters
+        if self.policy is not None:
+            self.policy.bind(transport.get_extra_info("sockname"))
 
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
-        """Echo a batch (udpio's transport calls this instead of one call per datagram)."""
+        """Echo a batch (udpio's transport calls this instead of one call per datagram).
+
+        The clock is read once per batch; the policy's per-datagram cost is a few dict lookups.
+        """
         sendto = self.transport.sendto  # type: ignore[union-attr]  # set by connection_made
-        for data, addr in batch:
-            sendto(data, addr)
+        policy = self.policy
+        items = iter(batch)
+        try:
+            if policy is None:
+                for data, addr in items:
+                    sendto(data, addr)
+                return
+            admit = policy.admit
+            drop = self.counters.count_policy_drop
+            now = time.monotonic()
+            for data, addr in items:
+                reason = admit(addr, now)
+                if reason is None:
+                    sendto(data, addr)
+                else:
+                    drop(reason)
+        except EndpointClosedError:
+            # The socket failed under us mid-batch (the transport closed itself): the reply that raised and
+            # the rest of the batch were received but will never be answered; count them, lose nothing silently.
+            self.counters.dropped_on_close += 1 + sum(1 for _ in items)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """Echo one datagram (on transports without batches)."""
+        if self.policy is not None:
+            reason = self.policy.admit(addr, time.monotonic())
+            if reason is not None:
+                self.counters.count_policy_drop(reason)
+                return
         self.transport.sendto(data, addr)  # type: ignore[union-attr]  # set by connection_made
 
     def error_received(self, exc: Exception) -> None:
@@ -70,8 +128,13 @@ class EchoServer:
         return self.address[1]
 
     @property
+    def policy(self) -> SafetyPolicy | None:
+        """The policy deciding which datagrams are answered (``None``: all)."""
+        return self.protocol.policy
+
+    @property
     def counters(self) -> Counters:
-        """Datagrams and bytes echoed, dropped (by reason) and errors."""
+        """Datagrams and bytes echoed, dropped (by reason, ``policy_drops`` for the policy's) and errors."""
         return self.transport.counters
 
     def close(self) -> None:
@@ -82,13 +145,22 @@ class EchoServer:
         """Wait until the socket is closed."""
         await asyncio.shield(self.protocol.closed)
 
+    async def shutdown(self, timeout: float = SHUTDOWN_FLUSH_TIMEOUT) -> None:
+        """Graceful stop: stop receiving, let buffered replies go out for at most ``timeout`` seconds, then
+        drop what is left (counted in ``dropped_on_close``) and close the socket."""
+        self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.protocol.closed), timeout)
+        except asyncio.TimeoutError:
+            self.transport.abort()
+            await self.wait_closed()
+
     async def serve_forever(self) -> None:
-        """Wait until the server is closed; cancelling this closes it."""
+        """Wait until the server is closed; cancelling this shuts it down (see :meth:`shutdown`)."""
         try:
             await asyncio.shield(self.protocol.closed)
         except asyncio.CancelledError:
-            self.close()
-            await self.wait_closed()
+            await self.shutdown()
             raise
 
     async def __aenter__(self) -> EchoServer:
@@ -97,8 +169,7 @@ class EchoServer:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
-        await self.wait_closed()
+        await self.shutdown()
 
 
 async def start_echo(
@@ -108,15 +179,26 @@ async def start_echo(
     family: int = 0,
     reuse_port: bool = False,
     max_size: int | None = None,
+    policy: PolicyArg = "default",
     **options: Any,
 ) -> EchoServer:
     """Start an echo server and return it once it is bound (``server.address`` has the real port).
 
-    Defaults follow the tutorial: ``127.0.0.1``, port 8007. Options as :func:`udpio.listen`
-    (``max_size`` drops and counts larger datagrams).
+    Defaults follow the tutorial: ``127.0.0.1``, port 8007. ``policy`` decides which datagrams are answered:
+    ``"default"`` is a fresh :class:`~udpio.SafetyPolicy()` (reflection guard on; per-source and global rate
+    limits, loopback exempt), a ``SafetyPolicy(...)`` of your own configures it (one per server: it keeps
+    per-source state), ``None`` answers everything. Other options as :func:`udpio.listen` (``max_size``
+    drops and counts larger datagrams).
     """
+    chosen = make_policy(policy)
     transport, protocol = await listen(
-        EchoProtocol, host, port, family=family, reuse_port=reuse_port, max_size=max_size, **options
+        lambda: EchoProtocol(chosen),
+        host,
+        port,
+        family=family,
+        reuse_port=reuse_port,
+        max_size=max_size,
+        **options,
     )
     return EchoServer(transport, protocol)
 
@@ -128,11 +210,15 @@ async def serve_echo(
     family: int = 0,
     reuse_port: bool = False,
     max_size: int | None = None,
+    policy: PolicyArg = "default",
     **options: Any,
 ) -> None:
-    """Run an echo server until cancelled, then close its socket: ``asyncio.run(udpio.serve_echo())``."""
+    """Run an echo server until cancelled, then shut it down: ``udpio.run(udpio.serve_echo())``.
+
+    Same arguments as :func:`start_echo`.
+    """
     server = await start_echo(
-        host, port, family=family, reuse_port=reuse_port, max_size=max_size, **options
+        host, port, family=family, reuse_port=reuse_port, max_size=max_size, policy=policy, **options
     )
     async with server:
         await server.serve_forever()
