@@ -15,6 +15,7 @@ from ._echo import start_echo as start_echo
 from ._endpoint import adopt as adopt
 from ._endpoint import connect as connect
 from ._endpoint import listen as listen
+from ._errors import AlreadyJoinedError as AlreadyJoinedError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import EndpointBrokenError as EndpointBrokenError
 from ._errors import EndpointBusyError as EndpointBusyError
@@ -22,11 +23,35 @@ from ._errors import EndpointClosedError as EndpointClosedError
 from ._errors import HostNotFoundError as HostNotFoundError
 from ._errors import InvalidAddressError as InvalidAddressError
 from ._errors import InvalidArgumentError as InvalidArgumentError
+from ._errors import InvalidGroupError as InvalidGroupError
 from ._errors import InvalidPortError as InvalidPortError
 from ._errors import InvalidSocketError as InvalidSocketError
+from ._errors import MembershipError as MembershipError
+from ._errors import NoMulticastRouteError as NoMulticastRouteError
+from ._errors import NotJoinedError as NotJoinedError
+from ._errors import UnknownInterfaceError as UnknownInterfaceError
+from ._interfaces import Interface as Interface
+from ._interfaces import list_interfaces as list_interfaces
+from ._interfaces import resolve_interface as resolve_interface
 from ._loop import loop_kind as loop_kind
 from ._loop import new_event_loop as new_event_loop
 from ._loop import run as run
+from ._multicast import GroupJoined as GroupJoined
+from ._multicast import GroupLeft as GroupLeft
+from ._multicast import Membership as Membership
+from ._multicast import MulticastControl as MulticastControl
+from ._multicast import MulticastEndpoint as MulticastEndpoint
+from ._multicast import listen_multicast as listen_multicast
+from ._multicast import multicast as multicast
+from ._multicast import open_multicast as open_multicast
+from ._notify import Acknowledged as Acknowledged
+from ._notify import AcknowledgeSent as AcknowledgeSent
+from ._notify import DatagramIgnored as DatagramIgnored
+from ._notify import NotifyLogic as NotifyLogic
+from ._notify import NotifyProtocol as NotifyProtocol
+from ._notify import NotifyReceived as NotifyReceived
+from ._notify import NotifySent as NotifySent
+from ._notify import NotifyStep as NotifyStep
 from ._protocols import ConnectedProtocol as ConnectedProtocol
 from ._protocols import PeerRefused as PeerRefused
 from ._protocols import start_periodic_sender as start_periodic_sender
@@ -39,10 +64,14 @@ __version__ = "0.1.0"
 __all__ = [
     "MAX_PAYLOAD_IPV4",
     "MAX_PAYLOAD_IPV6",
+    "AcknowledgeSent",
+    "Acknowledged",
     "Address",
+    "AlreadyJoinedError",
     "ConnectedProtocol",
     "Counters",
     "DatagramEndpoint",
+    "DatagramIgnored",
     "DatagramTooLargeError",
     "DatagramTransport",
     "EchoProtocol",
@@ -50,19 +79,40 @@ __all__ = [
     "EndpointBrokenError",
     "EndpointBusyError",
     "EndpointClosedError",
+    "GroupJoined",
+    "GroupLeft",
     "HostNotFoundError",
+    "Interface",
     "InvalidAddressError",
     "InvalidArgumentError",
+    "InvalidGroupError",
     "InvalidPortError",
     "InvalidSocketError",
+    "Membership",
+    "MembershipError",
+    "MulticastControl",
+    "MulticastEndpoint",
+    "NoMulticastRouteError",
+    "NotJoinedError",
+    "NotifyLogic",
+    "NotifyProtocol",
+    "NotifyReceived",
+    "NotifySent",
+    "NotifyStep",
     "PeerRefused",
+    "UnknownInterfaceError",
     "adopt",
     "connect",
     "format_address",
+    "list_interfaces",
     "listen",
+    "listen_multicast",
     "loop_kind",
+    "multicast",
     "new_event_loop",
     "open_endpoint",
+    "open_multicast",
+    "resolve_interface",
     "run",
     "serve_echo",
     "start_echo",

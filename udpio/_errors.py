@@ -92,3 +92,68 @@ def bind_error(exc: OSError, address: object) -> OSError:
     reason = exc.strerror or _errno.errorcode.get(exc.errno or 0, str(exc))
     new = type(exc)(exc.errno, f"cannot bind UDP socket to {address!r}: {reason}")
     return new
+
+
+# -- multicast ----------------------------------------------------------------------------------------
+
+
+#: What a multicast group must be, as error messages say it.
+GROUP_RANGES = "an IPv4 address in 224.0.0.0/4 or an IPv6 address in ff00::/8"
+
+
+class InvalidGroupError(InvalidAddressError):
+    """A multicast group that is not an IP address in 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)."""
+
+    def __init__(self, value: Any, expected: str = GROUP_RANGES) -> None:
+        super().__init__("multicast group", expected, value)
+
+
+class UnknownInterfaceError(InvalidArgumentError):
+    """A network interface (name, index or address) this host does not have."""
+
+    def __init__(self, value: Any, reason: str = "the name, index or address of an interface on this host") -> None:
+        super().__init__("interface", reason, value)
+
+
+class MembershipError(OSError):
+    """A join or leave the kernel refused for a reason udpio names; the errno is kept.
+
+    ``group``, ``interface`` (an :class:`udpio.Interface`) and ``source`` (``None`` for an any-source
+    membership) say which membership it was.
+    """
+
+    def __init__(self, err: int, message: str, group: str, interface: Any, source: str | None) -> None:
+        super().__init__(err, message)
+        self.group = group
+        self.interface = interface
+        self.source = source
+
+
+def _membership_text(group: str, interface: Any, source: str | None) -> str:
+    where = getattr(interface, "name", interface)
+    text = f"group {group} on interface {where}"
+    return text if source is None else f"{text} from source {source}"
+
+
+class AlreadyJoinedError(MembershipError):
+    """Joining a group (or a group and source) this socket has already joined on that interface."""
+
+    def __init__(self, err: int, group: str, interface: Any, source: str | None = None) -> None:
+        super().__init__(err, f"already joined {_membership_text(group, interface, source)}", group, interface, source)
+
+
+class NotJoinedError(MembershipError):
+    """Leaving a group (or a group and source) this socket has not joined on that interface."""
+
+    def __init__(self, err: int, group: str, interface: Any, source: str | None = None) -> None:
+        super().__init__(err, f"not joined: {_membership_text(group, interface, source)}", group, interface, source)
+
+
+class NoMulticastRouteError(OSError):
+    """The kernel has no route to send to ``group`` out of ``interface``; the message says why."""
+
+    def __init__(self, err: int, group: str, interface: Any, reason: str) -> None:
+        where = getattr(interface, "name", interface)
+        super().__init__(err, f"cannot send to multicast group {group} on interface {where}: {reason}")
+        self.group = group
+        self.interface = interface
