@@ -19,7 +19,7 @@ from .._errors import EndpointBrokenError, EndpointClosedError, InvalidArgumentE
 from .._loop import LOOP_KINDS, run
 
 #: Subcommand modules in this package; each has ``register(subparsers)`` setting ``func`` (async, -> int).
-COMMANDS = ("demo", "echo", "send", "listen", "ping", "compare")
+COMMANDS = ("demo", "echo", "send", "listen", "ping", "compare", "multicast")
 
 
 def build_parser() -> argparse.ArgumentParser:
