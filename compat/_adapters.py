@@ -6,10 +6,11 @@ Two adapters, one per direction, each a thin translation with no protocol logic 
   ``reactor.listenUDP(0, TwistedAdapter(MyAsyncioProtocol()), interface="127.0.0.1")``. The asyncio
   protocol's ``connection_made`` receives a :class:`TwistedPortTransport`, which has asyncio's
   ``DatagramTransport`` interface on top of Twisted's port.
-* :func:`listen_twisted` / :func:`adopt_twisted` run a Twisted ``DatagramProtocol`` on udpio's own
-  transport, with no Twisted reactor doing the I/O: ``port = await listen_twisted(0, MyTwistedProtocol())``.
-  The protocol's ``transport`` is a :class:`UdpioPort`, which provides Twisted's ``IListeningPort`` and
-  ``IUDPTransport`` on top of :class:`udpio.DatagramTransport`.
+* :func:`listen_twisted` / :func:`adopt_twisted` / :func:`listen_multicast_twisted` run a Twisted
+  ``DatagramProtocol`` on udpio's own transport, with no Twisted reactor doing the I/O:
+  ``port = await listen_twisted(0, MyTwistedProtocol())``. The protocol's ``transport`` is a
+  :class:`UdpioPort` (Twisted's ``IListeningPort`` and ``IUDPTransport``) or a :class:`UdpioMulticastPort`
+  (plus ``IMulticastTransport``) on top of :class:`udpio.DatagramTransport`.
 
 Every mapping rule (and where the stacks differ by design) is in the README's "Handlers across stacks"
 table; the comments below say why each rule is what it is. Each side raises its own vocabulary: the
@@ -30,7 +31,7 @@ from twisted.internet import address as _taddress
 from twisted.internet import defer
 from twisted.internet import error as terror
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.interfaces import IListeningPort, IUDPTransport
+from twisted.internet.interfaces import IListeningPort, IMulticastTransport, IUDPTransport
 from twisted.internet.protocol import AbstractDatagramProtocol, DatagramProtocol
 from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
 
@@ -539,3 +540,102 @@ async def adopt_twisted(
     await udpio.adopt(lambda: _Bridge(twisted_port), sock, max_size=max_packet_size)
     return twisted_port
 
+
+
+@implementer(IMulticastTransport)
+class UdpioMulticastPort(UdpioPort):
+    """Twisted's ``IMulticastTransport`` on a udpio multicast endpoint (made by :func:`listen_multicast_twisted`).
+
+    ``joinGroup``/``leaveGroup``/``setOutgoingInterface`` return Deferreds as on Twisted (already fired:
+    udpio needs no resolver for IP literals); a failed join or leave fails its Deferred with Twisted's
+    ``MulticastJoinError``, the udpio error (``AlreadyJoinedError``, ``NotJoinedError``,
+    ``UnknownInterfaceError``...) as its ``__cause__``. One rule differs on purpose: an empty ``interface``
+    means the endpoint's own multicast interface (loopback unless told otherwise), never "any interface"
+    chosen by the kernel's route as on Twisted: udpio does not let multicast follow the default route.
+    """
+
+    def _control(self) -> udpio.MulticastControl:
+        return udpio.multicast(self._live())
+
+    def _membership(self, join: bool, addr: str, interface: str) -> defer.Deferred[None]:
+        try:
+            control = self._control()
+            if join:
+                control.join_group(addr, interface or None)
+            else:
+                control.leave_group(addr, interface or None)
+        except (ValueError, OSError) as exc:
+            error = terror.MulticastJoinError(addr, interface, str(exc))
+            error.__cause__ = exc
+            return defer.fail(error)
+        return defer.succeed(None)
+
+    def joinGroup(self, addr: str, interface: str = "") -> defer.Deferred[None]:
+        """Join ``addr`` on ``interface`` (an address; ``""``: the endpoint's interface)."""
+        return self._membership(True, addr, interface)
+
+    def leaveGroup(self, addr: str, interface: str = "") -> defer.Deferred[None]:
+        """Leave what :meth:`joinGroup` joined."""
+        return self._membership(False, addr, interface)
+
+    def setOutgoingInterface(self, addr: str | int) -> defer.Deferred[int]:
+        """Send multicast through ``addr`` (IPv4: an address; IPv6: an interface index), as on Twisted."""
+        try:
+            self._control().interface = addr
+        except (ValueError, OSError) as exc:
+            return defer.fail(exc)
+        return defer.succeed(1)
+
+    def getOutgoingInterface(self) -> str | int:
+        """IPv4: the interface's address (``"0.0.0.0"`` if none is set); IPv6: its index (0 if none)."""
+        interface = self._control().interface
+        if self.addressFamily == socket.AF_INET6:
+            return interface.index if interface is not None else 0
+        return (interface.address if interface is not None else None) or "0.0.0.0"
+
+    def setLoopbackMode(self, mode: int) -> None:
+        """Whether this host's members receive what this port sends."""
+        self._control().loopback = bool(mode)
+
+    def getLoopbackMode(self) -> bool:
+        """The loopback mode the socket has."""
+        return self._control().loopback
+
+    def setTTL(self, ttl: int) -> None:
+        """TTL (hop limit) of outgoing multicast, 0..255."""
+        self._control().ttl = ttl
+
+    def getTTL(self) -> int:
+        """The TTL the socket has."""
+        return self._control().ttl
+
+
+async def listen_multicast_twisted(
+    port: int,
+    protocol: AbstractDatagramProtocol,
+    interface: str = "",
+    *,
+    listen_multiple: bool = False,
+    multicast_interface: str | int = "lo",
+    max_packet_size: int | None = None,
+) -> UdpioMulticastPort:
+    """Serve a Twisted multicast ``DatagramProtocol`` on udpio (``reactor.listenMulticast`` without a reactor).
+
+    ``interface`` is the address to bind, as on Twisted (``""``: the wildcard, needed to receive groups; a group
+    address restricts the socket to that group). ``listen_multiple`` shares the port (``SO_REUSEADDR`` and
+    ``SO_REUSEPORT``). ``multicast_interface`` is udpio's: the interface used for joins without an explicit
+    one and for sending (loopback by default, so nothing leaves the host until the protocol says otherwise).
+    The protocol joins groups itself, usually in ``startProtocol``, with ``self.transport.joinGroup(...)``.
+    """
+    _check_protocol(protocol)
+    twisted_port = UdpioMulticastPort(protocol)
+    await udpio.listen_multicast(
+        lambda: _Bridge(twisted_port),
+        port,
+        host=interface or None,
+        family=socket.AF_INET6 if ":" in interface else 0,
+        interface=multicast_interface,
+        listen_multiple=listen_multiple,
+        max_size=max_packet_size,
+    )
+    return twisted_port

@@ -309,10 +309,29 @@ class UdpioStack(Stack):
 
         listen_multicast = getattr(udpio, "listen_multicast", None)
         if listen_multicast is None:
-            raise ScenarioUnavailable("udpio.listen_multicast does not exist yet (udpio/_multicast.py)")
+            raise ScenarioUnavailable("udpio.listen_multicast does not exist here")
         if self._bridged:
-            raise ScenarioUnavailable("listen_twisted has no multicast variant yet")
-        raise ScenarioUnavailable("udpio.listen_multicast is not wired into the scenarios yet")
+            from ._adapters import TwistedAdapter, listen_multicast_twisted  # noqa: PLC0415
+
+            async def bridged() -> None:
+                # As a Twisted protocol would: outgoing interface, then the join, each a Deferred.
+                mport = await listen_multicast_twisted(
+                    port, TwistedAdapter(protocol), bind, listen_multiple=True, multicast_interface=interface
+                )
+                loop = asyncio.get_running_loop()
+                await mport.setOutgoingInterface(interface).asFuture(loop)
+                if group is not None:
+                    await mport.joinGroup(group, interface).asFuture(loop)
+
+            self._spawn(bridged(), ready)
+        else:
+
+            async def native() -> None:
+                await listen_multicast(
+                    lambda: protocol, port, group=group, interface=interface, host=bind, listen_multiple=True
+                )
+
+            self._spawn(native(), ready)
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Cancel:
         return asyncio.get_running_loop().call_later(delay, fn).cancel
