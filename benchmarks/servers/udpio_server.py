@@ -1,0 +1,109 @@
+"""udpio on the standard loop or uvloop, on its fastest path for each workload.
+
+Every endpoint is udpio's own transport. The protocols take whole batches (``datagrams_received``), so
+there is one Python call per readiness event rather than per datagram. With ``--gro`` the sockets enable
+UDP GRO (a sender's GSO burst arrives as one buffer that udpio splits) and the echo replies go out with
+``send_many`` (UDP GSO); without it each reply is one ``sendto`` (through ``send_batch``, which hoists the
+per-call checks out of the loop), for a like-for-like comparison with the peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import _common
+
+import udpio
+
+
+class Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received = 0
+
+    def datagrams_received(self, batch: list[tuple[bytes, Any]]) -> None:
+        self.received += len(batch)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1  # only if a transport without batches were used
+
+
+class Echo(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received = 0
+        self.transport: udpio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # udpio.listen gives udpio's transport
+
+    def datagrams_received(self, batch: list[tuple[bytes, Any]]) -> None:
+        self.received += len(batch)
+        self.transport.send_batch(batch)  # type: ignore[union-attr]  # set by connection_made
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received += 1
+        self.transport.sendto(data, addr)  # type: ignore[union-attr]
+
+
+class GsoEcho(Echo):
+    """Replies to each sender's run of datagrams with one ``send_many`` (GSO: one system call per run)."""
+
+    def datagrams_received(self, batch: list[tuple[bytes, Any]]) -> None:
+        self.received += len(batch)
+        send_many = self.transport.send_many  # type: ignore[union-attr]
+        start = 0
+        for i in range(1, len(batch) + 1):
+            if i == len(batch) or batch[i][1] != batch[start][1]:
+                send_many([data for data, _ in batch[start:i]], batch[start][1])
+                start = i
+
+
+async def serve(workload: str, members: int, group: str, gro: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    transports: list[asyncio.BaseTransport] = []
+    protocols: list[Sink | Echo] = []
+    try:
+        if workload == "multicast":
+            if not hasattr(udpio, "listen_multicast"):
+                _common.unavailable("this udpio has no multicast API (udpio.listen_multicast)")
+            # Members share the port (listen_multiple), bind the group so nothing else reaches them, and
+            # join it on loopback only. listen_multicast has no GRO option: --gro changes nothing here.
+            port = 0
+            for _ in range(members):
+                transport, protocol = await udpio.listen_multicast(
+                    Sink, port, group=group, interface=_common.HOST, host=group, listen_multiple=True
+                )
+                transports.append(transport)
+                protocols.append(protocol)
+                port = transport.get_extra_info("sockname")[1]
+        else:
+            factory = Sink if workload == "sink" else GsoEcho if gro else Echo
+            transport, protocol = await udpio.listen(factory, _common.HOST, 0, gro=gro)
+            transports.append(transport)
+            protocols.append(protocol)
+        port = transports[0].get_extra_info("sockname")[1]
+        _common.emit("ready", port=port, transport="udpio.DatagramTransport", loop=udpio.loop_kind(), gro=gro)
+        _common.serve_control(protocols, lambda: loop.call_soon_threadsafe(stopped.set))
+        await stopped.wait()
+    finally:
+        for transport in transports:
+            transport.close()
+    _common.emit("final", **_common.snapshot(protocols))
+
+
+def main() -> None:
+    parser = _common.parser(__doc__ or "")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--gro", action="store_true", help="UDP GRO on receive, GSO echo replies")
+    args = parser.parse_args()
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401, PLC0415  # optional: only this variant needs it
+        except ImportError as exc:
+            _common.unavailable(f"uvloop is not installed ({exc})")
+    udpio.run(serve(args.workload, args.members, args.group, args.gro), loop=args.loop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from udpio.bench._cli import main
+
+raise SystemExit(main())

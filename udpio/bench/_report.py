@@ -1,0 +1,407 @@
+"""From runs to what a reader sees: medians and spread, ratios against the reference rows, the tables
+(GitHub Markdown, readable in a terminal too), the JSON file, the plot, and the machine description."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import socket
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .. import __version__, _sockopts
+from ._harness import Run
+from ._workloads import REFERENCES, WORKLOADS, Workload, auto_window, workload
+
+#: Figures whose spread across repeats is shown next to the median.
+_NUMBER = (int, float)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """One figure over the repeats: the median, the range, and the spread (half the range over the median)."""
+
+    median: float
+    low: float
+    high: float
+    values: tuple[float, ...]
+
+    @property
+    def spread(self) -> float:
+        return (self.high - self.low) / 2 / self.median if self.median else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median, "min": self.low, "max": self.high, "spread": self.spread,
+            "values": list(self.values),
+        }
+
+
+@dataclasses.dataclass
+class Cell:
+    """One backend under one workload at one size, all repeats together."""
+
+    backend: str
+    workload: str
+    size: int
+    status: str  # ok, failed, unavailable
+    reason: str = ""
+    stats: dict[str, Stat] = dataclasses.field(default_factory=dict)
+    limited_by: str = ""
+    runs: int = 0
+
+    def headline(self) -> Stat | None:
+        return self.stats.get(workload(self.workload).headline) if self.status == "ok" else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend, "workload": self.workload, "size": self.size, "status": self.status,
+            "reason": self.reason, "runs": self.runs, "limited_by": self.limited_by,
+            "figures": {k: v.as_dict() for k, v in self.stats.items()},
+        }
+
+
+def summarise(runs: Iterable[Run]) -> list[Cell]:
+    """Group runs by (size, workload, backend), in the order they were planned."""
+    groups: dict[tuple[int, str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.size, run.workload, run.backend), []).append(run)
+    cells = []
+    for (size, load, back), group in groups.items():
+        failed = [r for r in group if r.status == "failed"]
+        unavailable = [r for r in group if r.status == "unavailable"]
+        ok = [r for r in group if r.status == "ok"]
+        cell = Cell(back, load, size, "ok", runs=len(group))
+        if failed:
+            cell.status = "failed"
+            cell.reason = failed[0].reason + (f" ({len(failed)} of {len(group)} runs failed)" if len(group) > 1 else "")
+        elif unavailable:
+            cell.status, cell.reason = "unavailable", unavailable[0].reason
+        values: dict[str, list[float]] = collections.defaultdict(list)
+        bounds: collections.Counter[str] = collections.Counter()
+        for r in ok:
+            for key, value in r.figures.items():
+                if isinstance(value, _NUMBER) and not isinstance(value, bool):
+                    values[key].append(float(value))
+            if "limited_by" in r.figures:
+                bounds[str(r.figures["limited_by"])] += 1
+        cell.stats = {k: Stat(statistics.median(v), min(v), max(v), tuple(v)) for k, v in values.items()}
+        if bounds:
+            cell.limited_by = bounds.most_common(1)[0][0]
+        cells.append(cell)
+    return cells
+
+
+def ratio(cell: Cell, reference: Cell | None) -> float | None:
+    """How many times better ``cell`` is than ``reference`` on the headline (>1: better, latency included)."""
+    if reference is None or cell is reference:
+        return None
+    mine, theirs = cell.headline(), reference.headline()
+    if mine is None or theirs is None or not mine.median or not theirs.median:
+        return None
+    if workload(cell.workload).higher_is_better:
+        return mine.median / theirs.median
+    return theirs.median / mine.median
+
+
+# -- formatting ---------------------------------------------------------------------------------------
+
+
+def rate(value: float) -> str:
+    """Datagrams per second, short: 45.2k, 1.23M."""
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.0f}"
+
+
+def _spread(stat: Stat) -> str:
+    return f" ±{stat.spread * 100:.0f}%" if len(stat.values) > 1 else ""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A GitHub Markdown table with padded columns (first column left-aligned, the rest right-aligned)."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return [line(header), rule, *(line(r) for r in rows)]
+
+
+class _Notes:
+    """Footnotes for cells that could not be filled: the same reason gets the same number."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def mark(self, cell: Cell) -> str:
+        text = ("not available: " if cell.status == "unavailable" else "FAILED: ") + cell.reason
+        if text not in self.reasons:
+            self.reasons.append(text)
+        number = self.reasons.index(text) + 1
+        return f"n/a [{number}]" if cell.status == "unavailable" else f"FAILED [{number}]"
+
+    def lines(self) -> list[str]:
+        return [f"[{i}] {text}" for i, text in enumerate(self.reasons, 1)]
+
+
+def _headline(cell: Cell | None, notes: _Notes) -> str:
+    if cell is None:
+        return ""
+    if cell.status != "ok":
+        return notes.mark(cell)
+    stat = cell.headline()
+    if stat is None:
+        return "?"
+    load = workload(cell.workload)
+    # "≥": the server had CPU to spare, so the figure is what was offered, not what it can take.
+    bound = "≥" if cell.limited_by and cell.limited_by != "server" else ""
+    text = f"{stat.median:.1f}" if load.unit == "us" else bound + rate(stat.median)
+    return text + _spread(stat)
+
+
+def _ratios(cell: Cell | None, refs: dict[str, Cell]) -> str:
+    if cell is None or cell.status != "ok":
+        return ""
+    parts = []
+    for name in REFERENCES:
+        value = ratio(cell, refs.get(name))
+        parts.append("—" if cell.backend == name else "?" if value is None else f"{value:.2f}x")
+    return " / ".join(parts)
+
+
+def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, Any], pinning: dict[str, Any]) -> str:
+    """The whole text report: a summary table per payload size, detail tables per workload, notes."""
+    notes = _Notes()
+    out: list[str] = []
+    sizes = list(dict.fromkeys(c.size for c in cells))
+    loads = [w for w in WORKLOADS if any(c.workload == w.name for c in cells)]
+    backends = list(dict.fromkeys(c.backend for c in cells))
+    index = {(c.size, c.workload, c.backend): c for c in cells}
+    for size in sizes:
+        out.append(f"### {size}-byte datagrams")
+        out.append("")
+        header = ["backend"]
+        for load in loads:
+            header += [_column_title(load), "x asyncio / x twisted-epoll"]
+        header.append("server RSS MB idle→peak")
+        rows = []
+        for back in backends:
+            row = [back]
+            for load in loads:
+                refs = {r: index[(size, load.name, r)] for r in REFERENCES if (size, load.name, r) in index}
+                cell = index.get((size, load.name, back))
+                row += [_headline(cell, notes), _ratios(cell, refs)]
+            row.append(_rss(index, size, back, loads))
+            rows.append(row)
+        out += _table(header, rows)
+        out.append("")
+    out.append(
+        "Ratios: times better than the plain-asyncio and Twisted-epoll rows (>1 is better; for latency, their "
+        "p50 RTT over this row's). ±: half the range over the repeats. ≥: the server had CPU to spare, so the "
+        "figure is a lower bound set by the offered load. \"Per server CPU-s\": the rate divided by the CPU "
+        "share the server got; \"server waited\": the share it spent runnable but waiting for a CPU (taken by "
+        "other processes on a shared machine)."
+    )
+    out.append("")
+    for size in sizes:
+        for load in loads:
+            row_cells = [index[(size, load.name, b)] for b in backends if (size, load.name, b) in index]
+            out += _details(load, size, row_cells, notes)
+    out.append("### Notes")
+    out.append("")
+    for line in notes.lines():
+        out.append(f"- {line}")
+    out.append(f"- Pinning: {pinning['note']}.")
+    out.append(f"- Machine: {describe_machine(machine)}.")
+    out.append(
+        f"- Settings: duration {settings['duration']:g} s after {settings['warmup']:g} s warm-up, echo window "
+        f"{settings['window'] or 'auto (' + ', '.join(f'{auto_window(z)} at {z} B' for z in settings['sizes']) + ')'}, "
+        f"{settings['members']} multicast members, {settings['repeat']} repeat(s)."
+    )
+    return "\n".join(out) + "\n"
+
+
+def _column_title(load: Workload) -> str:
+    return {
+        "latency": "echo RTT p50 µs",
+        "throughput": "echo dgram/s",
+        "sink": "flood received dgram/s",
+        "multicast": "multicast dgram/s per member",
+    }.get(load.name, load.name)
+
+
+def _rss(index: dict[tuple[int, str, str], Cell], size: int, back: str, loads: Sequence[Workload]) -> str:
+    """The server's smallest idle RSS and largest peak over the workloads, in MiB."""
+    cells = [c for w in loads if (c := index.get((size, w.name, back))) and "rss_idle_mb" in c.stats]
+    idle = [c.stats["rss_idle_mb"].low for c in cells]
+    peak = [c.stats["rss_peak_mb"].high for c in cells if "rss_peak_mb" in c.stats]
+    return f"{min(idle):.0f}→{max(peak):.0f}" if idle and peak else ""
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.0f}%"
+
+
+def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) -> list[str]:
+    def med(cell: Cell, key: str) -> float | None:
+        stat = cell.stats.get(key)
+        return stat.median if stat else None
+
+    def fmt_rate(cell: Cell, key: str) -> str:
+        stat = cell.stats.get(key)
+        return rate(stat.median) + _spread(stat) if stat else ""
+
+    rows = []
+    if load.name == "latency":
+        header = ["backend", "min µs", "p50 µs", "p99 µs", "max µs", "round trips", "lost"]
+        for c in cells:
+            if c.status != "ok":
+                rows.append([c.backend, notes.mark(c), "", "", "", "", ""])
+                continue
+            rtts = [f"{med(c, k) or 0:.1f}" for k in ("rtt_min_us", "rtt_p50_us", "rtt_p99_us", "rtt_max_us")]
+            rows.append([c.backend, *rtts, f"{med(c, 'replies') or 0:.0f}", f"{med(c, 'lost') or 0:.0f}"])
+    else:
+        if load.name == "throughput":
+            header = ["backend", "echoed dgram/s", "per server CPU-s", "server CPU", "server waited", "client CPU",
+                      "refills", "bound by"]
+            keys = ["echoed_per_s", "echoed_per_cpu_s"]
+        elif load.name == "sink":
+            header = ["backend", "received dgram/s", "per server CPU-s", "offered dgram/s", "loss", "server CPU",
+                      "server waited", "generator CPU", "bound by"]
+            keys = ["received_per_s", "received_per_cpu_s", "offered_per_s"]
+        else:
+            header = ["backend", "per member dgram/s", "slowest member", "all members per server CPU-s",
+                      "offered dgram/s", "loss", "server CPU", "server waited", "bound by"]
+            keys = ["per_member_per_s", "per_member_min_per_s", "delivered_per_cpu_s", "offered_per_s"]
+        for c in cells:
+            if c.status != "ok":
+                rows.append([c.backend, notes.mark(c)] + [""] * (len(header) - 2))
+                continue
+            row = [c.backend] + [fmt_rate(c, k) for k in keys]
+            if load.name != "throughput":
+                row.append(_pct(med(c, "loss")))
+            row += [_pct(med(c, "server_cpu")), _pct(med(c, "server_wait"))]
+            if load.name == "throughput":
+                row += [_pct(med(c, "generator_cpu")), f"{med(c, 'refills') or 0:.0f}"]
+            elif load.name == "sink":
+                row.append(_pct(med(c, "generator_cpu")))
+            row.append(c.limited_by)
+            rows.append(row)
+    title = f"#### {load.description} — {size}-byte datagrams"
+    return [title, "", *_table(header, rows), ""]
+
+
+# -- machine ------------------------------------------------------------------------------------------
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _udp_offloads() -> dict[str, bool]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return {"gso": _sockopts.gso_supported(sock), "gro": _sockopts.enable_gro(sock)}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, kernel and the versions that matter, for the JSON file and the report (Twisted's version
+    is read from its distribution metadata: the harness never imports Twisted)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "udpio": __version__,
+        "uvloop": _version("uvloop"),
+        "twisted": _version("twisted"),
+        "psutil": _version("psutil"),
+        "udp_offloads": _udp_offloads(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "executable": sys.executable,
+    }
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    load = machine.get("loadavg")
+    offloads = machine.get("udp_offloads", {})
+    return (
+        f"{machine['cpu_model']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['kernel']}, "
+        f"{machine['python']}, udpio {machine['udpio']}, uvloop {machine['uvloop']}, Twisted {machine['twisted']}, "
+        f"UDP GSO {'yes' if offloads.get('gso') else 'no'} / GRO {'yes' if offloads.get('gro') else 'no'}"
+        + (f", load average {load[0]:.2f} at start" if load else "")
+    )
+
+
+# -- the plot -----------------------------------------------------------------------------------------
+
+
+def plot(cells: Sequence[Cell], path: str, title: str) -> None:
+    """A bar chart per workload (backends on the x axis, one bar per payload size, min-max whiskers)."""
+    import matplotlib  # noqa: PLC0415  # optional extra, checked by the CLI before the suite runs
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    loads = [w for w in WORKLOADS if any(c.workload == w.name and c.status == "ok" for c in cells)]
+    if not loads:
+        loads = [w for w in WORKLOADS if any(c.workload == w.name for c in cells)][:1]
+    backends = list(dict.fromkeys(c.backend for c in cells))
+    sizes = list(dict.fromkeys(c.size for c in cells))
+    index = {(c.size, c.workload, c.backend): c for c in cells}
+    fig, axes = plt.subplots(len(loads), 1, figsize=(max(8.0, 0.9 * len(backends) + 2), 3.2 * len(loads)),
+                             squeeze=False)
+    width = 0.8 / max(1, len(sizes))
+    for ax, load in zip(axes[:, 0], loads, strict=True):
+        for j, size in enumerate(sizes):
+            xs, heights, low, high = [], [], [], []
+            for i, back in enumerate(backends):
+                cell = index.get((size, load.name, back))
+                stat = cell.headline() if cell else None
+                if stat is None:
+                    continue
+                scale = 1.0 if load.unit == "us" else 1e-3
+                xs.append(i + (j - (len(sizes) - 1) / 2) * width)
+                heights.append(stat.median * scale)
+                low.append((stat.median - stat.low) * scale)
+                high.append((stat.high - stat.median) * scale)
+            ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=f"{size} B")
+        unit = "µs (lower is better)" if load.unit == "us" else "k dgram/s"
+        ax.set_title(load.description, fontsize=9)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_xticks(range(len(backends)))
+        ax.set_xticklabels(backends, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        if len(sizes) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
