@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from ._addr import Address, format_address
+from ._errors import InvalidArgumentError
 
 logger = logging.getLogger("udpio")
 
@@ -89,7 +90,7 @@ class NotifyLogic:
 
     def __init__(self, *, answer: bool = True, notify: bytes = NOTIFY, acknowledge: bytes = ACKNOWLEDGE) -> None:
         if not isinstance(notify, bytes) or not isinstance(acknowledge, bytes) or notify == acknowledge:
-            raise TypeError("notify and acknowledge must be two different bytes values")
+            raise InvalidArgumentError("notify and acknowledge", "two different bytes values", (notify, acknowledge))
         self.answer = answer
         self.notify_message = notify
         self.acknowledge_message = acknowledge
