@@ -4,3 +4,24 @@ try:
     import twisted  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without Twisted installed
     raise ImportError("udpio.compat needs Twisted: pip install 'udpio[twisted]'") from exc
+
+# Handlers across stacks (asyncio protocols on Twisted, Twisted protocols on udpio): see _adapters.py.
+from ._adapters import TwistedAdapter as TwistedAdapter  # after the Twisted check above
+from ._adapters import TwistedPortTransport as TwistedPortTransport
+from ._adapters import UdpioMulticastPort as UdpioMulticastPort
+from ._adapters import UdpioPort as UdpioPort
+from ._adapters import adopt_twisted as adopt_twisted
+from ._adapters import listen_multicast_twisted as listen_multicast_twisted
+from ._adapters import listen_twisted as listen_twisted
+from ._adapters import twisted_address as twisted_address
+
+__all__ = [
+    "TwistedAdapter",
+    "TwistedPortTransport",
+    "UdpioMulticastPort",
+    "UdpioPort",
+    "adopt_twisted",
+    "listen_multicast_twisted",
+    "listen_twisted",
+    "twisted_address",
+]

@@ -6,8 +6,9 @@ own copy at once), ``connected`` (connected UDP: the kernel filters a stranger o
 answers with ICMP port-unreachable, twice), ``multicast`` (two members share a port and a group on the loopback
 interface; a notifier sends ``Notify`` to the group and each member answers ``Acknowledge`` by unicast).
 
-Stacks (``STACKS``): udpio on the standard loop and on uvloop, Twisted's epoll reactor and asyncio reactor, the
-udpio drop-in reactor (``udpio.compat.install()``), and ``udpio-twisted-api`` (the handlers wrapped in
+Stacks (``STACKS``): udpio on the standard loop and on uvloop, Twisted's epoll reactor and asyncio reactor,
+Twisted's asyncio reactor over uvloop (a popular combination with a trap, see the README), the udpio drop-in
+reactor (``udpio.compat.install()``), and ``udpio-twisted-api`` (the handlers wrapped in
 :class:`~udpio.compat.TwistedAdapter` and served by :func:`~udpio.compat.listen_twisted`, so the two adapters
 are checked end to end).
 
@@ -39,6 +40,7 @@ STACKS = (
     "udpio-uvloop",
     "twisted-epoll",
     "twisted-asyncio",
+    "twisted-asyncio-uvloop",
     "udpio-reactor",
     "udpio-twisted-api",
 )
@@ -409,6 +411,8 @@ class TwistedStack(Stack):
 def make_stack(name: str) -> Stack:
     """Build stack ``name``, installing its reactor: call once per process, before Twisted's reactor is
     imported. Raises :class:`ScenarioUnavailable` when the stack cannot exist here."""
+    import udpio  # noqa: PLC0415
+
     if name == "udpio-asyncio":
         return UdpioStack(name, "asyncio")
     if name == "udpio-uvloop":
@@ -428,8 +432,19 @@ def make_stack(name: str) -> Stack:
     elif name == "twisted-asyncio":
         from twisted.internet import asyncioreactor  # noqa: PLC0415
 
-        # Twisted's asyncio reactor on the standard loop (the uvloop variant is the udpio reactor's business).
+        # Twisted's asyncio reactor (and Twisted's UDP ports) on the standard loop.
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        asyncioreactor.install(loop)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    elif name == "twisted-asyncio-uvloop":
+        from twisted.internet import asyncioreactor  # noqa: PLC0415
+
+        from udpio._loop import uvloop_available  # noqa: PLC0415
+
+        if not uvloop_available():
+            raise ScenarioUnavailable("uvloop is not installed")
+        # A popular combination: Twisted's own asyncio reactor (Twisted's UDP ports) over uvloop.
+        loop = udpio.new_event_loop("uvloop")
         asyncio.set_event_loop(loop)
         asyncioreactor.install(loop)  # type: ignore[no-untyped-call]  # unannotated in Twisted
     elif name == "udpio-reactor":

@@ -15,7 +15,15 @@ from typing import Any
 from . import err
 
 # The names are repeated here (not imported from udpio.compat) so that --help works without Twisted.
-_STACKS = ("udpio-asyncio", "udpio-uvloop", "twisted-epoll", "twisted-asyncio", "udpio-reactor", "udpio-twisted-api")
+_STACKS = (
+    "udpio-asyncio",
+    "udpio-uvloop",
+    "twisted-epoll",
+    "twisted-asyncio",
+    "twisted-asyncio-uvloop",
+    "udpio-reactor",
+    "udpio-twisted-api",
+)
 _SCENARIOS = ("echo", "adopt", "connected", "multicast")
 
 
