@@ -108,6 +108,13 @@ def ipv6_addresses() -> list[tuple[str, int, str]]:
     return found
 
 
+def _ipv6_preference(address: str) -> tuple[int, str]:
+    """Which IPv6 address names an interface: ``::1``, then link-local (multicast's usual scope), then the
+    rest; in address order within each, so the choice does not depend on the kernel's list order."""
+    parsed = ipaddress.IPv6Address(address)
+    return (0 if parsed.is_loopback else 1 if parsed.is_link_local else 2, address)
+
+
 def list_interfaces(family: int = socket.AF_INET) -> list[Interface]:
     """Every interface of this host, with an address of ``family`` where it has one."""
     return [_with_address(index, name, family) for index, name in socket.if_nameindex()]
@@ -115,7 +122,7 @@ def list_interfaces(family: int = socket.AF_INET) -> list[Interface]:
 
 def _with_address(index: int, name: str, family: int) -> Interface:
     if family == socket.AF_INET6:
-        addresses = [address for address, idx, _ in ipv6_addresses() if idx == index]
+        addresses = sorted((address for address, idx, _ in ipv6_addresses() if idx == index), key=_ipv6_preference)
         return Interface(index, name, addresses[0] if addresses else None)
     return Interface(index, name, ipv4_address(name))
 
