@@ -164,8 +164,8 @@ class Child:
         try:
             stdin.write(line + "\n")
             stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise BenchError(f"{self.name} is gone ({exc}){self.stderr_tail()}") from None
+        except OSError:  # EPIPE: it exited
+            raise BenchError(self._exited()) from None
 
     def next_event(self, timeout: float) -> dict[str, Any] | None:
         """The next JSON line, or ``None`` after ``timeout``; raises :class:`BenchError` once the child exits."""
@@ -175,11 +175,7 @@ class Child:
             return None
         if event is _EOF:
             self._events.put(_EOF)  # keep reporting the exit
-            try:
-                code = self.process.wait(timeout=REPLY_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                code = None
-            raise BenchError(f"{self.name} exited (status {code}){self.stderr_tail()}")
+            raise BenchError(self._exited())
         result: dict[str, Any] = event
         return result
 
@@ -193,6 +189,13 @@ class Child:
             event = self.next_event(left)
             if event is not None and event.get("event") in events:
                 return event
+
+    def _exited(self) -> str:
+        try:
+            code: int | None = self.process.wait(timeout=REPLY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            code = None  # stdout closed but still running: reported as such
+        return f"{self.name} exited (status {code}){self.stderr_tail()}"
 
     def stderr_tail(self) -> str:
         try:
