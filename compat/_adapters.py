@@ -20,6 +20,7 @@ asyncio-facing objects raise udpio's exceptions, the Twisted-facing ones raise T
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -65,6 +66,15 @@ def _address_error(address: object, message: str) -> terror.InvalidAddressError:
     return terror.InvalidAddressError(address, message)  # type: ignore[no-untyped-call]  # unannotated in Twisted
 
 
+def _port_socket(port: Any) -> socket.socket | None:
+    """The socket of a Twisted port (``ISystemHandle.getHandle``), or ``None`` for ports without one."""
+    get_handle = getattr(port, "getHandle", None)
+    if get_handle is None:
+        return None
+    sock = get_handle()
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def _same_peer(addr: Any, peer: Address) -> bool:
     """Whether ``addr`` names ``peer`` (a 2-tuple matches a 4-tuple with the same host and port)."""
     return isinstance(addr, tuple) and len(addr) >= 2 and addr[0] == peer[0] and addr[1] == peer[1]
@@ -92,18 +102,25 @@ class TwistedPortTransport(asyncio.DatagramTransport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._closing = False
         self._counters = Counters()
-        sock: socket.socket = port.getHandle()
-        self._family = sock.family
-        self._max_payload = max_payload(sock.family)
-        peer: Address | None
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            peer = None  # ENOTCONN: an unconnected port
+        sock = _port_socket(port)
+        peer: Address | None = None
+        if sock is not None:
+            self._family = sock.family
+            sockname: Address = sock.getsockname()
+            with contextlib.suppress(OSError):  # ENOTCONN: an unconnected port
+                peer = sock.getpeername()
+        else:
+            # A port without ISystemHandle (not Twisted's udp.Port): what IUDPTransport itself tells.
+            host = port.getHost()
+            self._family = socket.AF_INET6 if ":" in host.host else socket.AF_INET
+            sockname = (host.host, host.port)
+            connected = getattr(port, "_connectedAddr", None)
+            peer = (connected[0], connected[1]) if connected else None
+        self._max_payload = max_payload(self._family)
         self._peer = peer
         self._extra: dict[str, Any] = {
             "socket": sock,
-            "sockname": sock.getsockname(),
+            "sockname": sockname,
             "peername": peer,
             "counters": self._counters,
             "twisted_port": port,
