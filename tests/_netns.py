@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import secrets
 import shutil
@@ -21,12 +22,20 @@ CLONE_NEWNET = 0x40000000
 IP_TIMEOUT = 20.0
 
 
+@functools.cache
 def skip_reason() -> str | None:
-    """Why namespace tests cannot run here, or ``None`` when they can."""
+    """Why namespace tests cannot run here, or ``None`` when they can (probed once by making one: root in
+    a container without CAP_SYS_ADMIN cannot)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "network namespaces need root (CAP_SYS_ADMIN)"
     if shutil.which("ip") is None:
         return "iproute2 ('ip') is not installed"
+    probe = unique_name("probe")
+    try:
+        ip("netns", "add", probe)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot create a network namespace here: {exc}"
+    ip("netns", "del", probe, check=False)
     return None
 
 
