@@ -13,6 +13,7 @@ import platform
 import socket
 import statistics
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -363,45 +364,69 @@ def describe_machine(machine: dict[str, Any]) -> str:
 # -- the plot -----------------------------------------------------------------------------------------
 
 
+#: The plot's panels: (workload, figure, title, unit scale, unit label).
+_PANELS: tuple[tuple[str, str, str, float, str], ...] = (
+    ("latency", "rtt_p50_us", "echo latency: p50 round trip, one datagram in flight", 1.0, "µs (lower is better)"),
+    ("throughput", "echoed_per_s", "echo throughput: replies per second, a window in flight", 1e-3, "k dgram/s"),
+    ("sink", "received_per_s", "flood sink: received per second (ticks: offered by the generator)", 1e-3,
+     "k dgram/s"),
+    ("sink", "received_per_cpu_s", "flood sink: received per second of the server's own CPU time", 1e-3,
+     "k dgram/CPU-s"),
+    ("multicast", "per_member_per_s", "multicast fan-out: delivered per second per member", 1e-3, "k dgram/s"),
+)
+
+
 def plot(cells: Sequence[Cell], path: str, title: str) -> None:
-    """A bar chart per workload (backends on the x axis, one bar per payload size, min-max whiskers)."""
+    """Bar charts per workload (backends on the x axis, one bar per payload size, min-max whiskers over the
+    repeats, "n/a" where a backend did not run)."""
     import matplotlib  # noqa: PLC0415  # optional extra, checked by the CLI before the suite runs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    loads = [w for w in WORKLOADS if any(c.workload == w.name and c.status == "ok" for c in cells)]
-    if not loads:
-        loads = [w for w in WORKLOADS if any(c.workload == w.name for c in cells)][:1]
+    present = {c.workload for c in cells}
+    panels = [p for p in _PANELS if p[0] in present]
     backends = list(dict.fromkeys(c.backend for c in cells))
     sizes = list(dict.fromkeys(c.size for c in cells))
     index = {(c.size, c.workload, c.backend): c for c in cells}
-    fig, axes = plt.subplots(len(loads), 1, figsize=(max(8.0, 0.9 * len(backends) + 2), 3.2 * len(loads)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        max(1, len(panels)), 1, figsize=(max(8.0, 0.9 * len(backends) + 2), 3.0 * max(1, len(panels))),
+        squeeze=False,
+    )
     width = 0.8 / max(1, len(sizes))
-    for ax, load in zip(axes[:, 0], loads, strict=True):
+    for ax, (load, key, panel_title, scale, unit) in zip(axes[:, 0], panels, strict=False):
         for j, size in enumerate(sizes):
-            xs, heights, low, high = [], [], [], []
+            xs, heights, low, high, offered = [], [], [], [], []
             for i, back in enumerate(backends):
-                cell = index.get((size, load.name, back))
-                stat = cell.headline() if cell else None
-                if stat is None:
+                cell = index.get((size, load, back))
+                x = i + (j - (len(sizes) - 1) / 2) * width
+                if cell is None:
                     continue
-                scale = 1.0 if load.unit == "us" else 1e-3
-                xs.append(i + (j - (len(sizes) - 1) / 2) * width)
+                stat = cell.stats.get(key) if cell.status == "ok" else None
+                if stat is None:
+                    if j == 0:
+                        ax.text(i, 0, "n/a" if cell.status == "unavailable" else "failed", ha="center",
+                                va="bottom", fontsize=7, color="grey")
+                    continue
+                xs.append(x)
                 heights.append(stat.median * scale)
                 low.append((stat.median - stat.low) * scale)
                 high.append((stat.high - stat.median) * scale)
-            ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=f"{size} B")
-        unit = "µs (lower is better)" if load.unit == "us" else "k dgram/s"
-        ax.set_title(load.description, fontsize=9)
+                if key == "received_per_s" and "offered_per_s" in cell.stats:
+                    offered.append((x, cell.stats["offered_per_s"].median * scale))
+            ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=f"{size} B", color=f"C{j}")
+            if offered:
+                ax.scatter([o[0] for o in offered], [o[1] for o in offered], marker="_", s=120, color="black",
+                           zorder=3)
+        ax.set_title(panel_title, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
+        ax.set_xlim(-0.6, len(backends) - 0.4)
         ax.set_xticks(range(len(backends)))
         ax.set_xticklabels(backends, rotation=30, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         if len(sizes) > 1:
             ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(textwrap.fill(line, 110) for line in title.splitlines()), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -9,7 +9,7 @@ from typing import Any
 
 #: A server whose CPU use (on-CPU plus waiting for a CPU) stays below this fraction of the window was not
 #: the bottleneck: its figure is a lower bound of what it can do, and the report says so.
-SATURATED = 0.85
+SATURATED = 0.8
 
 #: A flood that loses at least this share of what was offered overflowed the server's queue: the server
 #: could not keep up, so its received rate is its capacity (under the machine's conditions at the time).
