@@ -80,7 +80,7 @@ def ipv4_address(name: str) -> str | None:
 
 
 def is_loopback(interface: Interface) -> bool:
-    """Whether ``interface`` has the ``IFF_LOOPBACK`` flag (``SIOCGIFFLAGS``; ``False`` off Linux)."""
+    """Whether ``interface`` has the ``IFF_LOOPBACK`` flag (``SIOCGIFFLAGS``; guessed from the name off Linux)."""
     if not IS_LINUX:
         return interface.name.startswith("lo")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
