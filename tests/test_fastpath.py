@@ -162,3 +162,24 @@ async def test_kernel_drops_are_counted(host: str, family: int, rxq_ovfl: bool) 
     finally:
         blaster.close()
         receiver.close()
+
+
+async def test_zero_copy_delivers_memoryviews_valid_in_the_handler(host: str) -> None:
+    seen: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    class Views(asyncio.DatagramProtocol):
+        def datagrams_received(self, batch: list[tuple[Any, Any]]) -> None:
+            for view, _ in batch:
+                seen.put_nowait((type(view).__name__, bytes(view)))  # copied while valid
+
+    receiver, _ = await udpio.listen(Views, host, 0, zero_copy=True, gro=True, rcvbuf=1 << 20)
+    sender, _ = await udpio.listen(Collector, host, 0)
+    try:
+        payloads = [*_datagrams(100, 700), b"", b"end"]
+        sender.send_many(payloads, receiver.get_extra_info("sockname"))
+        got = [await asyncio.wait_for(seen.get(), 5) for _ in payloads]
+        assert {kind for kind, _ in got} == {"memoryview"}
+        assert [data for _, data in got] == payloads
+    finally:
+        sender.close()
+        receiver.close()

@@ -47,6 +47,7 @@ async def start_transport(
     max_size: int | None = None,
     gro: bool = False,
     track_kernel_drops: bool = False,
+    zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> tuple[DatagramTransport, P]:
     """Wrap a ready (bound, non-blocking) socket owned by udpio; closes it if anything fails.
@@ -66,6 +67,7 @@ async def start_transport(
             max_size=max_size,
             gro=gro,
             track_kernel_drops=track_kernel_drops,
+            zero_copy=zero_copy,
             buffer_limit=buffer_limit,
         )
     except BaseException:
@@ -95,6 +97,7 @@ async def listen(
     max_size: int | None = None,
     gro: bool = False,
     track_kernel_drops: bool = False,
+    zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> tuple[DatagramTransport, P]:
     """Bind a UDP socket to ``(host, port)`` and serve it with ``protocol_factory()``.
@@ -107,7 +110,9 @@ async def listen(
     (``SO_REUSEPORT``, several sockets share the port; :class:`NotImplementedError` where missing);
     ``reuse_addr`` (off by default, see bpo-37228); ``broadcast``; ``rcvbuf``/``sndbuf`` (bytes);
     ``max_size`` (larger datagrams are dropped and counted); ``gro`` (Linux UDP GRO: coalesced receives,
-    split again before delivery); ``track_kernel_drops`` (``SO_RXQ_OVFL`` on every receive);
+    split again before delivery); ``track_kernel_drops`` (``SO_RXQ_OVFL`` on every receive); ``zero_copy``
+    (receive into a preallocated arena and deliver ``memoryview`` slices, valid only until the handler
+    returns);
     ``buffer_limit`` (hard cap of the send buffer in bytes).
 
     Raises :class:`~udpio.InvalidPortError`, :class:`~udpio.InvalidAddressError`,
@@ -132,6 +137,7 @@ async def listen(
         max_size=max_size,
         gro=gro,
         track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
         buffer_limit=buffer_limit,
     )
 
@@ -151,6 +157,7 @@ async def connect(
     max_size: int | None = None,
     gro: bool = False,
     track_kernel_drops: bool = False,
+    zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> tuple[DatagramTransport, P]:
     """A "connected" UDP endpoint: it talks to ``(host, port)`` only.
@@ -186,6 +193,7 @@ async def connect(
         max_size=max_size,
         gro=gro,
         track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
         buffer_limit=buffer_limit,
     )
 
@@ -237,6 +245,7 @@ async def adopt(
     max_size: int | None = None,
     gro: bool = False,
     track_kernel_drops: bool = False,
+    zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> tuple[DatagramTransport, P]:
     """Serve a socket somebody else built (bound, non-blocking, UDP), like Twisted's ``adoptDatagramPort``.
@@ -262,5 +271,6 @@ async def adopt(
         max_size=max_size,
         gro=gro,
         track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
         buffer_limit=buffer_limit,
     )

@@ -58,6 +58,9 @@ _ADDRESS_CACHE_SIZE = 1024
 GSO_MAX_SEGMENTS = 64
 #: GSO: the kernel refuses a super-datagram above the IPv4 maximum payload.
 _GSO_MAX_BYTES = 65507
+#: zero_copy: bytes of the preallocated receive arena; an event stops reading when less than one maximal
+#: datagram (64 KiB) of room is left, so up to 16 maximal receives (GRO trains) fit in one batch.
+ARENA_SIZE = 16 * RECV_BUFFER_SIZE
 #: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(4) * 2
 #: At most one handler-error log line per this many seconds (the rest are counted and summarised).
@@ -119,6 +122,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         max_size: int | None = None,
         gro: bool = False,
         track_kernel_drops: bool = False,
+        zero_copy: bool = False,
         buffer_limit: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
         super().__init__(extra=None)
@@ -135,7 +139,9 @@ class DatagramTransport(asyncio.DatagramTransport):
         self._max_size = max_size
         self._gro = _sockopts.enable_gro(sock) if gro else False
         self._rxq_ovfl = _sockopts.enable_rxq_ovfl(sock) if track_kernel_drops else False
-        self._use_recvmsg = self._gro or self._rxq_ovfl
+        # zero_copy: datagrams land in one preallocated arena and are delivered as memoryview slices of it.
+        self._arena = memoryview(bytearray(ARENA_SIZE)) if zero_copy else None
+        self._use_recvmsg = self._gro or self._rxq_ovfl or zero_copy
         self._gso: bool | None = None  # probed on first send_many
         self._buffer: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._buffer_size = 0
@@ -301,42 +307,86 @@ class DatagramTransport(asyncio.DatagramTransport):
             self._counters.bytes_in += nbytes
 
     def _read_batch(self) -> None:
-        """Read up to :data:`MAX_DATAGRAMS_PER_EVENT` receive calls' worth, then deliver them together.
+        """Read up to :data:`MAX_DATAGRAMS_PER_EVENT` datagrams, then deliver them together.
 
-        Used when the protocol has ``datagrams_received(list)`` or when GRO / kernel-drop tracking need
-        ``recvmsg``'s control messages. GRO buffers are split at the segment size the kernel reports.
+        Used when the protocol has ``datagrams_received(list)``; the list holds ``(data, addr)`` tuples exactly
+        as ``recvfrom`` returns them (no repacking). GRO and kernel-drop tracking go through
+        :meth:`_read_batch_msg` instead.
         """
+        if self._use_recvmsg:
+            self._read_batch_msg()
+            return
         batch: list[tuple[bytes, Address]] = []
         append = batch.append
-        use_recvmsg = self._use_recvmsg
-        size = RECV_BUFFER_SIZE if self._gro else self._recv_size
-        limit = self._recv_size - 1
-        sock = self._sock
-        nbytes = 0
-        oversize = 0
-        gro_batches = 0
+        recvfrom = self._sock.recvfrom
+        size = self._recv_size
+        nbytes = oversize = 0
         for _ in range(MAX_DATAGRAMS_PER_EVENT):
-            segment = 0
             try:
-                if use_recvmsg:
-                    data, ancdata, flags, addr = sock.recvmsg(size, _ANCILLARY_SPACE)
-                    for level, kind, cdata in ancdata:
-                        if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
-                            segment = struct.unpack("=i", cdata[:4])[0]
-                        elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
-                            self._counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
-                    if flags & socket.MSG_TRUNC:
-                        oversize += 1
-                        continue
-                else:
-                    data, addr = sock.recvfrom(size)
+                item = recvfrom(size)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 if self._receive_error(exc):
                     break
                 continue
-            length = len(data)
+            length = len(item[0])
+            if length >= size:
+                oversize += 1
+                continue
+            append(item)
+            nbytes += length
+        counters = self._counters
+        counters.dropped_oversize += oversize
+        counters.datagrams_in += len(batch)
+        counters.bytes_in += nbytes
+        if batch:
+            self._deliver_batch(batch)
+
+    def _read_batch_msg(self) -> None:
+        """The ``recvmsg`` variant: reads control messages for UDP GRO (splitting coalesced buffers at the
+        segment size the kernel reports, udp(7)) and ``SO_RXQ_OVFL`` (the kernel's drop count, socket(7)).
+
+        With ``zero_copy`` the datagrams are received with ``recvmsg_into`` into the transport's arena and
+        delivered as ``memoryview`` slices of it: no copy at all, but a slice is only valid until the handler
+        returns (the next event reuses the arena); copy with ``bytes(view)`` to keep one.
+        """
+        batch: list[tuple[Any, Address]] = []
+        append = batch.append
+        sock = self._sock
+        arena = self._arena
+        offset = 0
+        size = RECV_BUFFER_SIZE if self._gro else self._recv_size
+        limit = self._recv_size - 1
+        nbytes = oversize = gro_batches = 0
+        data: Any  # bytes, or a memoryview slice of the arena with zero_copy
+        for _ in range(MAX_DATAGRAMS_PER_EVENT):
+            segment = 0
+            try:
+                if arena is None:
+                    data, ancdata, flags, addr = sock.recvmsg(size, _ANCILLARY_SPACE)
+                    length = len(data)
+                else:
+                    if len(arena) - offset < RECV_BUFFER_SIZE:
+                        break  # arena full: deliver this batch first; the socket stays readable
+                    data = arena[offset : offset + size]
+                    length, ancdata, flags, addr = sock.recvmsg_into([data], _ANCILLARY_SPACE)
+                    data = data[:length]
+                    offset += length
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if self._receive_error(exc):
+                    break
+                continue
+            for level, kind, cdata in ancdata:
+                if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
+                    segment = struct.unpack("=i", cdata[:4])[0]
+                elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
+                    self._counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+            if flags & socket.MSG_TRUNC:
+                oversize += 1
+                continue
             if segment and length > segment:
                 gro_batches += 1
                 for start in range(0, length, segment):
@@ -359,7 +409,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         if batch:
             self._deliver_batch(batch)
 
-    def _deliver_batch(self, batch: list[tuple[bytes, Address]]) -> None:
+    def _deliver_batch(self, batch: list[tuple[Any, Address]]) -> None:
         protocol = self._protocol
         many = getattr(protocol, "datagrams_received", None)
         if many is not None:
