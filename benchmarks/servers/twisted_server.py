@@ -78,7 +78,9 @@ def main() -> None:
         protocols.append(protocol)
 
     reactor_name = f"{type(reactor).__module__}.{type(reactor).__name__}"
-    _common.emit("ready", port=ports[0].getHost().port, transport=reactor_name)
+    loop = getattr(reactor, "_asyncioEventloop", None)  # the asyncio-based reactors: which loop runs them
+    loop_name = None if loop is None else f"{type(loop).__module__}.{type(loop).__name__}"
+    _common.emit("ready", port=ports[0].getHost().port, transport=reactor_name, loop=loop_name)
     _common.serve_control(protocols, lambda: reactor.callFromThread(reactor.stop))
     reactor.run(installSignalHandlers=False)
     for port in ports:

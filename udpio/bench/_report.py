@@ -179,7 +179,12 @@ def _ratios(cell: Cell | None, refs: dict[str, Cell]) -> str:
     parts = []
     for name in REFERENCES:
         value = ratio(cell, refs.get(name))
-        parts.append("—" if cell.backend == name else "?" if value is None else f"{value:.2f}x")
+        if cell.backend == name:
+            parts.append("—")  # the reference itself
+        elif value is None:
+            parts.append("-" if name not in refs else "n/a")  # reference not run, or it has no figure
+        else:
+            parts.append(f"{value:.2f}x")
     return " / ".join(parts)
 
 
