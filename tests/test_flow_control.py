@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .netns import namespace
+from . import _netns
 
 SCENARIO = pathlib.Path(__file__).parent / "scenarios" / "flow_control.py"
 pytestmark = pytest.mark.netns
@@ -18,9 +18,12 @@ pytestmark = pytest.mark.netns
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_pause_resume_and_hard_limit_drop(loop: str) -> None:
+    reason = _netns.skip_reason()
+    if reason:
+        pytest.skip(reason)
     if shutil.which("tc") is None:
         pytest.skip("needs tc (iproute2) to slow the namespace's loopback")
-    with namespace("udpio-fc") as ns:
+    with _netns.netns("fc") as ns:
         # 1 Mbit/s with a deep queue: the qdisc holds datagrams, so the sender's socket buffer fills.
         subprocess.run(
             ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root",
