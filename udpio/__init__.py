@@ -52,16 +52,38 @@ from ._notify import NotifyProtocol as NotifyProtocol
 from ._notify import NotifyReceived as NotifyReceived
 from ._notify import NotifySent as NotifySent
 from ._notify import NotifyStep as NotifyStep
+from ._policy import DEFAULT_BLOCKED_PORTS as DEFAULT_BLOCKED_PORTS
+from ._policy import DROP_AMPLIFICATION as DROP_AMPLIFICATION
+from ._policy import DROP_DENIED as DROP_DENIED
+from ._policy import DROP_GLOBAL_RATE as DROP_GLOBAL_RATE
+from ._policy import DROP_NOT_ALLOWED as DROP_NOT_ALLOWED
+from ._policy import DROP_OWN_PORT as DROP_OWN_PORT
+from ._policy import DROP_SERVICE_PORT as DROP_SERVICE_PORT
+from ._policy import DROP_SOURCE_PORT_ZERO as DROP_SOURCE_PORT_ZERO
+from ._policy import DROP_SOURCE_RATE as DROP_SOURCE_RATE
+from ._policy import SafetyPolicy as SafetyPolicy
 from ._protocols import ConnectedProtocol as ConnectedProtocol
 from ._protocols import PeerRefused as PeerRefused
 from ._protocols import start_periodic_sender as start_periodic_sender
 from ._stream import DatagramEndpoint as DatagramEndpoint
 from ._stream import open_endpoint as open_endpoint
 from ._transport import DatagramTransport as DatagramTransport
+from ._workers import EchoWorkers as EchoWorkers
+from ._workers import serve_echo_workers as serve_echo_workers
+from ._workers import start_echo_workers as start_echo_workers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BLOCKED_PORTS",
+    "DROP_AMPLIFICATION",
+    "DROP_DENIED",
+    "DROP_GLOBAL_RATE",
+    "DROP_NOT_ALLOWED",
+    "DROP_OWN_PORT",
+    "DROP_SERVICE_PORT",
+    "DROP_SOURCE_PORT_ZERO",
+    "DROP_SOURCE_RATE",
     "MAX_PAYLOAD_IPV4",
     "MAX_PAYLOAD_IPV6",
     "AcknowledgeSent",
@@ -76,6 +98,7 @@ __all__ = [
     "DatagramTransport",
     "EchoProtocol",
     "EchoServer",
+    "EchoWorkers",
     "EndpointBrokenError",
     "EndpointBusyError",
     "EndpointClosedError",
@@ -100,6 +123,7 @@ __all__ = [
     "NotifySent",
     "NotifyStep",
     "PeerRefused",
+    "SafetyPolicy",
     "UnknownInterfaceError",
     "adopt",
     "connect",
@@ -115,6 +139,8 @@ __all__ = [
     "resolve_interface",
     "run",
     "serve_echo",
+    "serve_echo_workers",
     "start_echo",
+    "start_echo_workers",
     "start_periodic_sender",
 ]
