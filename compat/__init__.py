@@ -15,13 +15,23 @@ from ._adapters import listen_multicast_twisted as listen_multicast_twisted
 from ._adapters import listen_twisted as listen_twisted
 from ._adapters import twisted_address as twisted_address
 
+# The drop-in reactor (trial/twistd --reactor=udpio, python -m udpio.compat script.py): see _reactor.py.
+from ._ports import MulticastPort as MulticastPort
+from ._ports import UDPPort as UDPPort
+from ._reactor import UdpioReactor as UdpioReactor
+from ._reactor import install as install
+
 __all__ = [
+    "MulticastPort",
     "TwistedAdapter",
     "TwistedPortTransport",
+    "UDPPort",
     "UdpioMulticastPort",
     "UdpioPort",
+    "UdpioReactor",
     "adopt_twisted",
     "listen_multicast_twisted",
+    "install",
     "listen_twisted",
     "twisted_address",
 ]

@@ -130,6 +130,13 @@ def get_broadcast(sock: socket.socket) -> bool:
     return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST))
 
 
+def set_v6only(sock: socket.socket, on: bool) -> None:
+    """Set ``IPV6_V6ONLY`` on an IPv6 socket before ``bind`` (ipv6(7)); off, it also serves IPv4 peers as
+    ``::ffff:a.b.c.d``. udpio's own sockets are v6-only (:func:`open_socket`); the Twisted drop-in reactor
+    turns it off because Twisted's IPv6 ports are dual-stack on Linux (``net.ipv6.bindv6only=0``)."""
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(bool(on)))
+
+
 def get_v6only(sock: socket.socket) -> bool:
     """Whether an IPv6 socket refuses IPv4-mapped traffic."""
     return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))

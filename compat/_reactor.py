@@ -1,0 +1,177 @@
+"""The drop-in Twisted reactor: Twisted's asyncio reactor on udpio's loop (uvloop when installed), whose UDP
+ports are udpio's.
+
+``udpio.compat.install()`` (or ``trial --reactor=udpio``, ``twistd --reactor=udpio``, ``python -m udpio.compat
+script.py``) installs it; existing Twisted code then runs unchanged. Only ``listenUDP``, ``listenMulticast``
+and ``adoptDatagramPort`` differ from Twisted's ``AsyncioSelectorReactor``: they return the ports of
+:mod:`udpio.compat._ports`. TCP, TLS, timers, threads, ``callFromThread``, processes and signals are
+Twisted's own, running on the same loop.
+
+This module is also what the Twisted plugin names (``twisted/plugins/udpio_reactor.py``): Twisted calls its
+:func:`install` with no arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import error as terror
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.interfaces import IReactorMulticast, IReactorSocket, IReactorUDP
+from twisted.internet.protocol import AbstractDatagramProtocol
+from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
+
+from udpio._errors import InvalidArgumentError
+from udpio._loop import loop_kind, new_event_loop
+
+from ._ports import DEFAULT_MAX_PACKET_SIZE, MulticastPort, UDPPort
+
+__all__ = ["UdpioReactor", "install"]
+
+
+@implementer(IReactorUDP, IReactorMulticast, IReactorSocket)
+class UdpioReactor(AsyncioSelectorReactor):
+    """Twisted's ``AsyncioSelectorReactor`` whose UDP ports run on udpio's transport.
+
+    ``eventloop`` defaults to a new loop from :func:`udpio.new_event_loop` (uvloop when installed, unless
+    ``$UDPIO_LOOP`` says ``asyncio``), made the current event loop. Use :func:`install` rather than building
+    one: Twisted wants exactly one installed reactor.
+
+    UDP ports appear in ``getReaders()`` while they read, and ``removeAll()`` (hence ``disconnectAll()`` at
+    shutdown, and trial's dirty-reactor check) takes them as it takes Twisted's own ports.
+    """
+
+    def __init__(self, eventloop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
+        created = eventloop is None
+        loop = new_event_loop() if eventloop is None else eventloop
+        try:
+            if created:
+                asyncio.set_event_loop(loop)
+            super().__init__(loop)
+        except BaseException:
+            if created:
+                asyncio.set_event_loop(None)
+                loop.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<udpio.compat.UdpioReactor on {loop_kind(self._asyncioEventloop)}>"
+
+    # -- IReactorUDP, IReactorMulticast, IReactorSocket (datagram part) -----------------------------------
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = DEFAULT_MAX_PACKET_SIZE,
+    ) -> UDPPort:
+        """Serve ``protocol`` on UDP ``port`` of ``interface`` (``""``: every IPv4 address; an IPv6 literal for
+        IPv6); ``startProtocol`` has run when this returns. Raises ``CannotListenError`` (bind failed) and
+        ``InvalidAddressError`` (``interface`` is not an IP address), as Twisted does."""
+        udp_port = UDPPort(port, protocol, interface, maxPacketSize, self)
+        udp_port.startListening()
+        return udp_port
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = DEFAULT_MAX_PACKET_SIZE,
+        listenMultiple: bool = False,
+    ) -> MulticastPort:
+        """As :meth:`listenUDP`, with Twisted's multicast methods on the port (``joinGroup``, ``setTTL``...);
+        ``listenMultiple`` lets several sockets share the port."""
+        multicast_port = MulticastPort(port, protocol, interface, maxPacketSize, self, listenMultiple)
+        multicast_port.startListening()
+        return multicast_port
+
+    def adoptDatagramPort(
+        self,
+        fileDescriptor: int,
+        addressFamily: socket.AddressFamily,
+        protocol: AbstractDatagramProtocol,
+        maxPacketSize: int = DEFAULT_MAX_PACKET_SIZE,
+    ) -> UDPPort:
+        """Serve ``protocol`` on a bound, non-blocking UDP socket made elsewhere. The port works on a duplicate
+        of ``fileDescriptor``: the caller still owns it and may close it at once (as on Twisted). A connected
+        socket gives a connected port. Raises ``UnsupportedAddressFamily`` for a family other than IPv4/IPv6
+        and :class:`~udpio.InvalidSocketError` for a descriptor that cannot be served."""
+        if addressFamily not in (socket.AF_INET, socket.AF_INET6):
+            raise terror.UnsupportedAddressFamily(addressFamily)
+        udp_port = UDPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, protocol, maxPacketSize)
+        udp_port.startListening()
+        return udp_port
+
+    # -- the ports among the reactor's selectables ----------------------------------------------------------
+
+    def _portStarted(self, port: UDPPort) -> None:
+        self._udpPorts[port] = None
+
+    def _portStopped(self, port: UDPPort) -> None:
+        self._udpPorts.pop(port, None)
+
+    def getReaders(self) -> list[Any]:
+        """Twisted's readers plus the UDP ports that are reading."""
+        readers: list[Any] = super().getReaders()  # type: ignore[no-untyped-call]  # unannotated
+        return readers + [port for port in self._udpPorts if port.reading]
+
+    def removeAll(self) -> list[Any]:
+        """Stop watching everything, UDP ports included, and return what was watched (sockets stay open: the
+        caller, e.g. ``disconnectAll``, closes them with ``connectionLost``)."""
+        removed: list[Any] = super().removeAll()  # type: ignore[no-untyped-call]  # unannotated
+        ports = list(self._udpPorts)
+        self._udpPorts.clear()
+        for port in ports:
+            port._pauseReading()
+        return removed + ports
+
+
+def _already_installed() -> str:
+    installed = sys.modules.get("twisted.internet.reactor")
+    return (
+        "udpio.compat.install() must run before anything imports twisted.internet.reactor, but a reactor "
+        f"is already installed ({type(installed).__module__}.{type(installed).__qualname__}). Call install() "
+        "first thing in the program, or let a runner do it: python -m udpio.compat script.py, "
+        "trial --reactor=udpio, twistd --reactor=udpio."
+    )
+
+
+def install(eventloop: asyncio.AbstractEventLoop | None = None, *, loop: str | None = None) -> UdpioReactor:
+    """Install the udpio reactor as Twisted's global reactor and return it.
+
+    ``loop`` picks udpio's event loop: ``"auto"`` (uvloop when installed, the default, overridden by
+    ``$UDPIO_LOOP``), ``"uvloop"`` or ``"asyncio"``; or pass a loop of your own as ``eventloop``. The new
+    loop becomes asyncio's current loop, so asyncio code and Twisted code share it.
+
+    Raises ``ReactorAlreadyInstalledError`` saying so when ``twisted.internet.reactor`` was imported first
+    (Twisted then has a reactor of its own), and :class:`~udpio.InvalidArgumentError` for an unknown
+    ``loop`` or both arguments at once.
+    """
+    if eventloop is not None and loop is not None:
+        raise InvalidArgumentError("loop", "None when an eventloop is given (pass one or the other)", loop)
+    if "twisted.internet.reactor" in sys.modules:
+        raise terror.ReactorAlreadyInstalledError(_already_installed())
+    created = eventloop is None
+    chosen = new_event_loop(loop) if eventloop is None else eventloop
+    try:
+        if created:
+            asyncio.set_event_loop(chosen)
+        reactor = UdpioReactor(chosen)
+        from twisted.internet.main import installReactor  # noqa: PLC0415  # imports the reactor machinery
+
+        try:
+            installReactor(reactor)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        except terror.ReactorAlreadyInstalledError as exc:  # another thread got there between the two checks
+            raise terror.ReactorAlreadyInstalledError(_already_installed()) from exc
+    except BaseException:
+        if created:
+            asyncio.set_event_loop(None)
+            chosen.close()
+        raise
+    return reactor
