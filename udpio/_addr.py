@@ -30,7 +30,7 @@ def family_name(family: int) -> str:
 
 def check_family(family: int) -> int:
     """Validate an address family argument: AF_UNSPEC (0), AF_INET or AF_INET6."""
-    if isinstance(family, bool) or family not in _FAMILIES:
+    if isinstance(family, bool) or not isinstance(family, int) or family not in _FAMILIES:
         raise InvalidAddressError("family", "socket.AF_INET, socket.AF_INET6 or 0", family)
     return int(family)
 
@@ -62,15 +62,16 @@ def ip_family(host: object) -> int:
     """
     if not isinstance(host, str):
         raise InvalidAddressError("host", "an IP address string", host)
+    # inet_pton raises ValueError, not OSError, for a NUL or an unencodable character (a lone surrogate).
     try:
         socket.inet_pton(socket.AF_INET, host)
         return socket.AF_INET
-    except OSError:
+    except (OSError, ValueError):
         pass
     try:
         socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
         return socket.AF_INET6
-    except OSError:
+    except (OSError, ValueError):
         raise InvalidAddressError("host", "an IPv4 or IPv6 address (not a name)", host) from None
 
 
@@ -92,15 +93,24 @@ def resolve_numeric(host: str, port: int, family: int) -> tuple[int, Address] | 
         infos = socket.getaddrinfo(
             host, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP, socket.AI_NUMERICHOST
         )
+    except UnicodeError:
+        # getaddrinfo encodes names with the IDNA codec, which refuses lone surrogates and labels over 63.
+        raise InvalidAddressError(
+            "host", "an IP address or a host name (IDNA labels of 1..63 characters)", host
+        ) from None
     except socket.gaierror:
         try:
             found = ip_family(host)
         except InvalidAddressError:
             return None
-        # A literal that getaddrinfo refused for this family: say which family it is.
-        raise InvalidAddressError(
-            "host", f"an {family_name(family)} address", f"{host} ({family_name(found)})"
-        ) from None
+        # A literal that getaddrinfo refused: for this family (say which family it is), or for its %scope
+        # (glibc takes interface names as scope on link-local and multicast IPv6 addresses only).
+        expected = (
+            f"an {family_name(family)} address"
+            if family and family != found
+            else "an IP address whose %scope names an interface of this host"
+        )
+        raise InvalidAddressError("host", expected, f"{host} ({family_name(found)})") from None
     fam, _, _, _, sockaddr = infos[0]
     return fam, sockaddr  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
 

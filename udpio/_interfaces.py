@@ -168,7 +168,7 @@ def _by_index(index: int, family: int) -> Interface:
 def _by_name(name: str, family: int) -> Interface:
     try:
         index = socket.if_nametoindex(name)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeEncodeError: a name with a lone surrogate
         raise UnknownInterfaceError(name) from None
     return _with_address(index, name, family)
 

@@ -32,9 +32,14 @@ _OPTION_MISSING = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP})
 IS_LINUX = sys.platform.startswith("linux")
 
 
+#: ``SO_RCVBUF``/``SO_SNDBUF`` take a C ``int`` (socket(7)); a larger Python int would fail inside
+#: ``setsockopt`` with a TypeError instead of naming the value.
+_MAX_BUFFER_SIZE = 2**31 - 1
+
+
 def _check_buffer_size(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidArgumentError(what, "a positive int (bytes)", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_BUFFER_SIZE:
+        raise InvalidArgumentError(what, f"a positive int (bytes) up to {_MAX_BUFFER_SIZE}", value)
     return value
 
 
