@@ -608,6 +608,8 @@ class DatagramTransport(asyncio.DatagramTransport):
                 except OSError as exc:
                     self._send_failed(exc)
                     if self._closing:
+                        # The socket failed under us (EBADF): the rest can never go out; count, not lose.
+                        self._counters.dropped_on_close += sum(1 for _ in pending)
                         return
                     continue
                 sent += 1
