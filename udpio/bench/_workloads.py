@@ -78,7 +78,7 @@ BACKENDS: tuple[Backend, ...] = (
     ),
     Backend(
         "twisted-udpio", "twisted_server.py", ("--reactor", "udpio"),
-        "the same Twisted code on udpio's drop-in reactor (udpio.compat.install())", ("twisted",),
+        "the same Twisted code on udpio's drop-in reactor (udpio.compat.install(): uvloop by default)", ("twisted",),
     ),
     Backend("raw", "raw_server.py", (), "a blocking-socket loop in plain Python: the no-framework floor"),
 )
