@@ -30,8 +30,8 @@ __all__ = [
     "UdpioPort",
     "UdpioReactor",
     "adopt_twisted",
-    "listen_multicast_twisted",
     "install",
+    "listen_multicast_twisted",
     "listen_twisted",
     "twisted_address",
 ]
