@@ -42,9 +42,17 @@ class UdpioReactor(AsyncioSelectorReactor):
 
     UDP ports appear in ``getReaders()`` while they read, and ``removeAll()`` (hence ``disconnectAll()`` at
     shutdown, and trial's dirty-reactor check) takes them as it takes Twisted's own ports.
+
+    ``hold_writes`` (default on): what a protocol writes from ``datagramReceived`` is sent when the read
+    event's datagrams are all delivered, replies to one peer together in one GSO system call; a send error
+    is then logged (as Twisted logs what ``datagramReceived`` raises) instead of raised by ``write``. Off,
+    every ``write`` is one system call and raises its own errors, exactly as on Twisted.
     """
 
-    def __init__(self, eventloop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, eventloop: asyncio.AbstractEventLoop | None = None, *, hold_writes: bool = True) -> None:
+        if not isinstance(hold_writes, bool):
+            raise InvalidArgumentError("hold_writes", "True or False", hold_writes)
+        self.hold_writes = hold_writes
         self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
         created = eventloop is None
         loop = new_event_loop() if eventloop is None else eventloop
@@ -142,12 +150,15 @@ def _already_installed() -> str:
     )
 
 
-def install(eventloop: asyncio.AbstractEventLoop | None = None, *, loop: str | None = None) -> UdpioReactor:
+def install(
+    eventloop: asyncio.AbstractEventLoop | None = None, *, loop: str | None = None, hold_writes: bool = True
+) -> UdpioReactor:
     """Install the udpio reactor as Twisted's global reactor and return it.
 
     ``loop`` picks udpio's event loop: ``"auto"`` (uvloop when installed, the default, overridden by
     ``$UDPIO_LOOP``), ``"uvloop"`` or ``"asyncio"``; or pass a loop of your own as ``eventloop``. The new
-    loop becomes asyncio's current loop, so asyncio code and Twisted code share it.
+    loop becomes asyncio's current loop, so asyncio code and Twisted code share it. ``hold_writes``: see
+    :class:`UdpioReactor` (off gives Twisted's exact ``write`` timing and errors, at a cost in throughput).
 
     Raises ``ReactorAlreadyInstalledError`` saying so when ``twisted.internet.reactor`` was imported first
     (Twisted then has a reactor of its own), and :class:`~udpio.InvalidArgumentError` for an unknown
@@ -162,7 +173,7 @@ def install(eventloop: asyncio.AbstractEventLoop | None = None, *, loop: str | N
     try:
         if created:
             asyncio.set_event_loop(chosen)
-        reactor = UdpioReactor(chosen)
+        reactor = UdpioReactor(chosen, hold_writes=hold_writes)
         from twisted.internet.main import installReactor  # noqa: PLC0415  # imports the reactor machinery
 
         try:

@@ -16,6 +16,7 @@ Multicast here stays on ``lo`` (joins name 127.0.0.1, sends set the outgoing int
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -543,6 +544,144 @@ def test_ipv6_port_is_dual_stack_as_twisteds(reactor: UdpioReactor) -> None:
 
         data, addr = run(reactor, body)
     assert data == b"v4" and addr[0] == "::ffff:127.0.0.1"
+
+
+# -- writes held during a read event ---------------------------------------------------------------------
+
+
+class Replier(DatagramProtocol):
+    """Answers each datagram ``b"n"`` with what ``replies(addr)`` lists: (datagram, destination) pairs."""
+
+    def __init__(self, replies: Callable[[Any], list[tuple[Any, Any]]]) -> None:
+        self.replies = replies
+        self.errors: list[BaseException] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        for data, dest in self.replies(addr):
+            try:
+                self.transport.write(data, dest)  # type: ignore[union-attr]  # set while listening
+            except Exception as exc:
+                self.errors.append(exc)
+
+
+def test_replies_written_in_datagram_received_all_arrive_in_order(reactor: UdpioReactor, host: str) -> None:
+    """Held writes go out in order: runs to one peer (GSO when equal-sized), another peer in between."""
+    first, second = Recorder(), Recorder()
+    first_port = reactor.listenUDP(0, first, interface=host)
+    second_port = reactor.listenUDP(0, second, interface=host)
+    to_first = (host, first_port.getHost().port)
+    to_second = (host, second_port.getHost().port)
+    plan = (
+        [(b"%03d" % i, to_first) for i in range(100)]
+        + [(b"short", to_second), (bytearray(b"mutable"), to_second)]
+        + [(b"x" * 1000, to_first), (b"y" * 10, to_first)]
+    )
+
+    def replies(addr: Any) -> list[tuple[Any, Any]]:
+        return plan
+
+    server = reactor.listenUDP(0, Replier(replies), interface=host)
+
+    async def body() -> tuple[list[Any], list[Any]]:
+        first_port.write(b"go", (host, server.getHost().port))
+        got_first = [await first.next() for _ in range(102)]
+        got_second = [await second.next() for _ in range(2)]
+        return got_first, got_second
+
+    got_first, got_second = run(reactor, body)
+    assert [data for data, _ in got_first] == [data for data, dest in plan if dest == to_first]
+    assert [data for data, _ in got_second] == [b"short", b"mutable"]
+    assert server.counters.datagrams_out == len(plan)
+
+
+def test_held_write_copies_a_reused_buffer(reactor: UdpioReactor, host: str) -> None:
+    peer = Recorder()
+    peer_port = reactor.listenUDP(0, peer, interface=host)
+    buffer = bytearray(b"first")
+
+    class Reuser(DatagramProtocol):
+        def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+            self.transport.write(buffer, addr)  # type: ignore[union-attr]  # set while listening
+            buffer[:] = b"later"  # before the held write is sent
+
+    server = reactor.listenUDP(0, Reuser(), interface=host)
+
+    async def body() -> Any:
+        peer_port.write(b"go", (host, server.getHost().port))
+        return await peer.next()
+
+    assert run(reactor, body)[0] == b"first"
+
+
+def test_send_errors_in_and_out_of_datagram_received(reactor: UdpioReactor, host: str) -> None:
+    """Port 0 is refused by the kernel (EINVAL, udp_sendmsg) before anything is sent. Outside a read event
+    ``write`` raises it, as on Twisted; a held write's error is logged (Twisted logs what
+    ``datagramReceived`` raises) and the writes after it still go out. Too long is said at once either way."""
+    peer = Recorder()
+    peer_port = reactor.listenUDP(0, peer, interface=host)
+    server_protocol = Replier(lambda addr: [(b"x" * 70000, addr), (b"to nowhere", (host, 0)), (b"after", addr)])
+    server = reactor.listenUDP(0, server_protocol, interface=host)
+    from_server = (host, server.getHost().port)
+    with pytest.raises(OSError) as raised:
+        server.write(b"to nowhere", (host, 0))
+    assert raised.value.errno == errno.EINVAL
+    events, stop_observing = _observe_log()
+
+    async def body() -> Any:
+        peer_port.write(b"go", (host, server.getHost().port))
+        return await peer.next()
+
+    try:
+        assert run(reactor, body) == (b"after", from_server)
+    finally:
+        stop_observing()
+    assert [type(e) for e in server_protocol.errors] == [terror.MessageLengthError]
+    logged = [e["failure"].value for e in events if e.get("isError") and e.get("failure") is not None]
+    assert [getattr(exc, "errno", None) for exc in logged] == [errno.EINVAL]
+
+
+def test_without_held_writes_errors_are_raised_by_write(loop_kind: str, host: str) -> None:
+    """``hold_writes=False``: Twisted's timing exactly, the protocol sees the send error itself."""
+    loop = udpio.new_event_loop(loop_kind)
+    reactor = UdpioReactor(loop, hold_writes=False)
+    try:
+        peer = Recorder()
+        peer_port = reactor.listenUDP(0, peer, interface=host)
+        protocol = Replier(lambda addr: [(b"to nowhere", (host, 0)), (b"after", addr)])
+        server = reactor.listenUDP(0, protocol, interface=host)
+
+        async def body() -> Any:
+            peer_port.write(b"go", (host, server.getHost().port))
+            return await peer.next()
+
+        assert run(reactor, body)[0] == b"after"
+        assert [getattr(e, "errno", None) for e in protocol.errors] == [errno.EINVAL]
+    finally:
+        reactor.disconnectAll()
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        loop.close()
+    with pytest.raises(udpio.InvalidArgumentError, match="hold_writes"):
+        UdpioReactor(loop, hold_writes=1)  # type: ignore[arg-type]  # the point of the test
+
+
+def test_written_then_stopped_in_datagram_received_still_goes_out(reactor: UdpioReactor, host: str) -> None:
+    peer = Recorder()
+    peer_port = reactor.listenUDP(0, peer, interface=host)
+
+    class LastWord(DatagramProtocol):
+        def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+            self.transport.write(b"bye", addr)  # type: ignore[union-attr]  # set while listening
+            self.transport.stopListening()  # type: ignore[union-attr]
+
+    server = reactor.listenUDP(0, LastWord(), interface=host)
+
+    async def body() -> Any:
+        peer_port.write(b"go", (host, server.getHost().port))
+        return await peer.next()
+
+    assert run(reactor, body)[0] == b"bye"
 
 
 # -- multicast, on lo only -----------------------------------------------------------------------------
