@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import shlex
 import signal
 import sys
@@ -181,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if hasattr(os, "getloadavg"):
+        machine["loadavg_end"] = list(os.getloadavg())  # how busy the shared machine was, start and end
     cells = summarise(runs)
     settings_dict = {
         "backends": [b.name for b in settings.backends],

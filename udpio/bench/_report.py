@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
@@ -334,6 +335,22 @@ def _udp_offloads() -> dict[str, bool]:
         return {"gso": _sockopts.gso_supported(sock), "gro": _sockopts.enable_gro(sock)}
 
 
+def _source_revision() -> str | None:
+    """The git commit udpio runs from when it runs from a checkout (``-dirty`` with local changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a checkout, or no git: an installed release says its version instead
+    return head + ("-dirty" if dirty else "") if head else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, kernel and the versions that matter, for the JSON file and the report (Twisted's version
     is read from its distribution metadata: the harness never imports Twisted)."""
@@ -345,6 +362,7 @@ def machine_info() -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "udpio": __version__,
+        "udpio_revision": _source_revision(),
         "uvloop": _version("uvloop"),
         "twisted": _version("twisted"),
         "psutil": _version("psutil"),
@@ -360,9 +378,12 @@ def describe_machine(machine: dict[str, Any]) -> str:
     offloads = machine.get("udp_offloads", {})
     return (
         f"{machine['cpu_model']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['kernel']}, "
-        f"{machine['python']}, udpio {machine['udpio']}, uvloop {machine['uvloop']}, Twisted {machine['twisted']}, "
+        f"{machine['python']}, udpio {machine['udpio']}"
+        + (f" (git {machine['udpio_revision']})" if machine.get("udpio_revision") else "")
+        + f", uvloop {machine['uvloop']}, Twisted {machine['twisted']}, "
         f"UDP GSO {'yes' if offloads.get('gso') else 'no'} / GRO {'yes' if offloads.get('gro') else 'no'}"
         + (f", load average {load[0]:.2f} at start" if load else "")
+        + (f", {machine['loadavg_end'][0]:.2f} at end" if machine.get("loadavg_end") else "")
     )
 
 
