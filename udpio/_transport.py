@@ -19,6 +19,7 @@ import asyncio
 import collections
 import errno
 import logging
+import os
 import socket
 import struct
 import time
@@ -63,6 +64,17 @@ _GSO_MAX_BYTES = 65507
 ARENA_SIZE = 16 * RECV_BUFFER_SIZE
 #: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(4) * 2
+#: The socket error queue (ip(7)/ipv6(7) IP_RECVERR, IPV6_RECVERR; Linux). With IP_RECVERR on, the kernel
+#: queues each ICMP error there, and a socket whose queue is not empty reports POLLERR until it is read:
+#: unread, it makes the selector loop spin and makes libuv (uvloop) stop the reader for good. Each entry
+#: carries a ``struct sock_extended_err`` (include/uapi/linux/errqueue.h): ``u32 ee_errno; u8 ee_origin,
+#: ee_type, ee_code, ee_pad; u32 ee_info, ee_data``, then the offender's address.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+_SO_EE_ORIGIN_LOCAL = 1  # raised by the send call itself (EMSGSIZE...), already reported there
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_ERRQUEUE_SPACE = socket.CMSG_SPACE(_EXTENDED_ERR.size + 28) + socket.CMSG_SPACE(4)
+_MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 #: At most one handler-error log line per this many seconds (the rest are counted and summarised).
 LOG_INTERVAL = 5.0
 
@@ -433,11 +445,34 @@ class DatagramTransport(asyncio.DatagramTransport):
             self._fatal_error(exc, "socket closed underneath the transport")
             return True
         # ICMP errors queued on the socket (ECONNREFUSED on a connected socket, and everything with
-        # IP_RECVERR): the error is consumed by this call, so reading may go on.
-        self._counters.errors_received += 1
-        self._report(exc)
+        # IP_RECVERR): the error is consumed by this call, so reading may go on. With IP_RECVERR the same
+        # event also sits on the error queue: report it from there (once), and empty the queue.
+        if not self._drain_error_queue():
+            self._counters.errors_received += 1
+            self._report(exc)
         self._rearm_reader()
         return self._closing
+
+    def _drain_error_queue(self) -> list[int]:
+        """Read the socket's error queue empty (IP_RECVERR); count and report each ICMP error in it, skip the
+        local ones (their send call failed and was reported). Returns the errnos of the ICMP errors."""
+        found: list[int] = []
+        if not _sockopts.IS_LINUX:
+            return found
+        for _ in range(MAX_DATAGRAMS_PER_EVENT):
+            try:
+                _, ancdata, _, _ = self._sock.recvmsg(1, _ERRQUEUE_SPACE, _MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: empty (the usual case, without IP_RECVERR); anything else: give up
+                break
+            for level, kind, cdata in ancdata:
+                if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
+                    code, origin = _EXTENDED_ERR.unpack_from(cdata)[:2]
+                    if origin != _SO_EE_ORIGIN_LOCAL and code:
+                        found.append(code)
+                        self._counters.errors_received += 1
+                        # OSError(errno, ...) builds the matching subclass (ConnectionRefusedError...).
+                        self._report(OSError(code, os.strerror(code)))
+        return found
 
     def _rearm_reader(self) -> None:
         if self._rearm_after_error and self._reading:
@@ -540,7 +575,10 @@ class DatagramTransport(asyncio.DatagramTransport):
             return
         if exc.errno not in _SEND_ERRORS_REPORTED:
             logger.debug("udpio: unexpected send error %r on %r", exc, self)
-        self._report(exc)
+        # With IP_RECVERR an earlier ICMP error fails the next send with its errno (on any socket) and sits on
+        # the error queue too: report it once, from the queue; this datagram is counted as not sent above.
+        if exc.errno not in self._drain_error_queue():
+            self._report(exc)
         self._rearm_reader()
 
     def _write_ready(self) -> None:
