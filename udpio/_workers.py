@@ -39,7 +39,7 @@ from ._addr import Address, check_family, check_port, format_address, resolve
 from ._counters import Counters, proc_net_drops
 from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
 from ._endpoint import _check_options, adopt
-from ._errors import InvalidArgumentError, bind_error
+from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
 from ._loop import loop_kind, resolve_loop_kind, run
 from ._policy import SafetyPolicy
 from ._transport import DEFAULT_BUFFER_LIMIT
@@ -101,7 +101,7 @@ class _Slot:
     sock: socket.socket
     process: asyncio.subprocess.Process | None = None
     last: dict[str, int] = dataclasses.field(default_factory=dict)
-    ready: asyncio.Future[None] | None = None
+    serving: bool = False  # the current process reported "ready" and has not exited
 
 
 class EchoWorkers:
@@ -119,6 +119,9 @@ class EchoWorkers:
         self._kernel_drops_at_stop: int | None = None
         self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._retired: dict[str, int] = {}
+        self._changed = asyncio.Condition()  # notified when a worker starts serving or exits
+        self._starting = True
+        self._start_error: RuntimeError | None = None
         #: Workers that exited without being asked (crash, kill) and were restarted.
         self.restarts = 0
         #: Exit codes of those workers, oldest first (negative: killed by that signal).
@@ -191,12 +194,36 @@ class EchoWorkers:
 
     def _start(self) -> None:
         for slot in self._slots:
-            slot.ready = asyncio.get_running_loop().create_future()
             self._tasks.append(asyncio.create_task(self._supervise(slot), name=f"udpio-worker-{slot.index}"))
 
     async def _wait_ready(self) -> None:
-        waiting = [s.ready for s in self._slots if s.ready is not None]
-        await asyncio.wait_for(asyncio.gather(*waiting), WORKER_START_TIMEOUT)
+        try:
+            await asyncio.wait_for(self.wait_serving(), WORKER_START_TIMEOUT)
+        finally:
+            self._starting = False
+
+    async def wait_serving(self, restarts: int = 0) -> None:
+        """Wait until every worker is serving and at least ``restarts`` restarts have happened (e.g. after
+        killing one: ``await pool.wait_serving(pool.restarts + 1)``). Raises :class:`RuntimeError` if a
+        worker failed to start, :class:`~udpio.EndpointClosedError` once stopped."""
+
+        def settled() -> bool:
+            return (
+                self._start_error is not None
+                or self._stopping
+                or (self.restarts >= restarts and all(s.serving for s in self._slots))
+            )
+
+        async with self._changed:
+            await self._changed.wait_for(settled)
+        if self._start_error is not None:
+            raise self._start_error
+        if self._stopping:
+            raise EndpointClosedError("echo workers")
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
         config = dict(self._config, index=slot.index)
@@ -222,23 +249,38 @@ class EchoWorkers:
         backoff = RESTART_BACKOFF_MIN
         while not self._stopping:
             started = loop.time()
-            slot.process = process = await self._spawn(slot)
+            try:
+                slot.process = process = await self._spawn(slot)
+            except OSError as exc:  # EMFILE, EAGAIN (process limit), ENOMEM: try again after the back-off
+                logger.error("udpio: cannot start echo worker %d: %r", slot.index, exc)
+                if self._starting:
+                    self._start_error = RuntimeError(f"cannot start echo worker {slot.index}: {exc}")
+                    await self._notify()
+                    return
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), backoff)
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+                continue
             if self._stopping:
                 # stop() ran while this one was being forked, so it did not see it.
                 process.terminate()
+            ever_served = False
             try:
-                await self._read_reports(slot, process)
+                ever_served = await self._read_reports(slot, process)
             finally:
                 code = await process.wait()
                 if process.stdin is not None:
                     process.stdin.close()
+                slot.serving = False
                 self._retire(slot)
-            if slot.ready is not None and not slot.ready.done():
-                slot.ready.set_exception(
-                    RuntimeError(f"echo worker {slot.index} exited with code {code} before it was ready")
+            if self._starting and not ever_served:
+                self._start_error = RuntimeError(
+                    f"echo worker {slot.index} exited with code {code} before it was ready"
                 )
+                await self._notify()
                 return
             if self._stopping:
+                await self._notify()
                 return
             self.restarts += 1
             self.exit_codes.append(code)
@@ -252,8 +294,10 @@ class EchoWorkers:
                 await asyncio.wait_for(self._stop_requested.wait(), backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 
-    async def _read_reports(self, slot: _Slot, process: asyncio.subprocess.Process) -> None:
+    async def _read_reports(self, slot: _Slot, process: asyncio.subprocess.Process) -> bool:
+        """Read the worker's reports until it exits; ``True`` if it said it was ready."""
         assert process.stdout is not None  # created with stdout=PIPE
+        ready = False
         while line := await process.stdout.readline():
             try:
                 report = json.loads(line)
@@ -264,8 +308,10 @@ class EchoWorkers:
                 logger.warning("udpio: echo worker %d wrote an unreadable report: %r", slot.index, line[:200])
                 continue
             slot.last = counters
-            if state == "ready" and slot.ready is not None and not slot.ready.done():
-                slot.ready.set_result(None)
+            if state == "ready":
+                ready = slot.serving = True
+                await self._notify()
+        return ready
 
     def _retire(self, slot: _Slot) -> None:
         """Fold an exited worker's last report into the totals (its successor starts from zero)."""
@@ -283,6 +329,7 @@ class EchoWorkers:
             return
         self._stopping = True
         self._stop_requested.set()
+        await self._notify()
         try:
             self._signal_workers(signal.SIGTERM)
             if self._tasks:
