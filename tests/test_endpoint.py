@@ -339,3 +339,27 @@ async def test_connection_made_failure_closes_socket(host: str) -> None:
 
 async def test_runs_on_requested_loop(loop_kind: str) -> None:
     assert udpio.loop_kind() == loop_kind
+
+
+async def test_connect_an_existing_endpoint(host: str, family: int) -> None:
+    server_t, server = await udpio.listen(Collector, host, 0)
+    client_t, client = await udpio.listen(Collector, host, 0)
+    stranger = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        server_addr = server_t.get_extra_info("sockname")
+        with pytest.raises(udpio.InvalidAddressError, match="localhost"):
+            client_t.connect(("localhost", server_addr[1]))
+        client_t.connect(server_addr[:2])
+        assert client_t.get_extra_info("peername")[:2] == server_addr[:2]
+        client_t.sendto(b"no address needed")
+        data, peer = await server.next()
+        assert data == b"no address needed"
+        stranger.sendto(b"filtered", client_t.get_extra_info("sockname")[:2])
+        server_t.sendto(b"back", peer)
+        assert (await client.next())[0] == b"back"
+        with pytest.raises(udpio.InvalidAddressError, match="already connected"):
+            client_t.connect(server_addr[:2])
+    finally:
+        stranger.close()
+        client_t.close()
+        server_t.close()

@@ -282,6 +282,26 @@ class DatagramTransport(asyncio.DatagramTransport):
                 self._counters.kernel_drops = drops
         return self._counters
 
+    def connect(self, addr: Address) -> None:
+        """Restrict this endpoint to one peer from now on, as ``connect(2)`` on a UDP socket does.
+
+        Afterwards the kernel delivers only the peer's datagrams, :meth:`sendto` takes no address (or the
+        peer's), and an ICMP port-unreachable from the peer reaches ``error_received`` as
+        :class:`ConnectionRefusedError`. ``addr`` must be an IP literal of the socket's family (Twisted's
+        ``connect`` has the same rule); a connected endpoint cannot be connected again.
+        """
+        if self._closing:
+            raise EndpointClosedError("UDP endpoint")
+        if self._remote is not None:
+            raise InvalidAddressError(
+                "addr", f"nothing: already connected to {format_address(self._remote)}", addr
+            )
+        self._check_destination(addr)
+        self._sock.connect(addr)
+        self._remote = self._sock.getpeername()
+        self._extra["peername"] = self._remote
+        self._ok_addresses.clear()
+
     # -- receiving ----------------------------------------------------------------------------
 
     def _read_ready(self) -> None:
