@@ -54,6 +54,7 @@ from ._notify import NotifySent as NotifySent
 from ._notify import NotifyStep as NotifyStep
 from ._policy import DEFAULT_BLOCKED_PORTS as DEFAULT_BLOCKED_PORTS
 from ._policy import DROP_AMPLIFICATION as DROP_AMPLIFICATION
+from ._policy import DROP_BAD_ADDRESS as DROP_BAD_ADDRESS
 from ._policy import DROP_DENIED as DROP_DENIED
 from ._policy import DROP_GLOBAL_RATE as DROP_GLOBAL_RATE
 from ._policy import DROP_NOT_ALLOWED as DROP_NOT_ALLOWED
@@ -77,6 +78,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BLOCKED_PORTS",
     "DROP_AMPLIFICATION",
+    "DROP_BAD_ADDRESS",
     "DROP_DENIED",
     "DROP_GLOBAL_RATE",
     "DROP_NOT_ALLOWED",
