@@ -8,8 +8,10 @@ udpio's :class:`~udpio.DatagramTransport`. Data flows one way::
     socket -> _PortTransport (udpio's read loop) -> _Bridge.datagram_received -> protocol.datagramReceived
 
 and ``_Bridge.datagram_received`` *is* the Twisted protocol's bound ``datagramReceived`` (IPv4), so a datagram
-costs no more Python calls on this path than on udpio's own. ``write`` sends straight on the socket and hands
-only the rare ``EAGAIN`` to the transport, which buffers it (Twisted raises it to the caller instead).
+costs no more Python calls on this path than on udpio's own. ``write`` sends straight on the socket, except
+that what a protocol writes while a read event is delivered is held and sent at the end of the event, each run
+to one peer in one GSO system call (``_MAX_HELD_WRITES``); the rare ``EAGAIN`` goes to the transport, which
+buffers the datagram (Twisted raises it to the caller instead).
 
 Where Twisted's ports are wrong, these are not (the README lists each difference):
 
@@ -512,9 +514,10 @@ class UDPPort:
             if self._connectedAddr is not None:
                 self.protocol.connectionRefused()  # type: ignore[attr-defined]  # DatagramProtocol has it
             return
-        # Anything else (ICMP unreachable host/net on a connected socket, a buffered send that failed):
-        # Twisted's doRead raises it and its reactor closes the port; udpio keeps serving and says so.
-        log.msg(f"{self.logstr}: {exc!r} (the port keeps serving)")
+        # Anything else (ICMP unreachable host/net on a connected socket, a held or buffered send that failed):
+        # on Twisted it is raised out of doRead (or write), and the reactor logs it with log.err, as here; its
+        # reactor then closes the port, udpio keeps serving.
+        _log_failure(exc, f"{self.logstr}: {exc!r} (the port keeps serving)")
 
     # -- IUDPTransport ----------------------------------------------------------------------------------
 
