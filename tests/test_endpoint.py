@@ -363,3 +363,22 @@ async def test_connect_an_existing_endpoint(host: str, family: int) -> None:
         stranger.close()
         client_t.close()
         server_t.close()
+
+
+async def test_set_protocol_switches_between_batch_and_single(host: str, raw_socket: socket.socket) -> None:
+    batches: asyncio.Queue[list[tuple[bytes, object]]] = asyncio.Queue()
+
+    class Batch(asyncio.DatagramProtocol):
+        def datagrams_received(self, batch: list[tuple[bytes, object]]) -> None:
+            batches.put_nowait(batch)
+
+    transport, single = await udpio.listen(Collector, host, 0)
+    try:
+        addr = transport.get_extra_info("sockname")[:2]
+        raw_socket.sendto(b"one", addr)
+        assert (await single.next())[0] == b"one"
+        transport.set_protocol(Batch())
+        raw_socket.sendto(b"two", addr)
+        assert [d for d, _ in await asyncio.wait_for(batches.get(), 5)] == [b"two"]
+    finally:
+        transport.close()

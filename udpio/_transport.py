@@ -154,6 +154,8 @@ class DatagramTransport(asyncio.DatagramTransport):
         # zero_copy: datagrams land in one preallocated arena and are delivered as memoryview slices of it.
         self._arena = memoryview(bytearray(ARENA_SIZE)) if zero_copy else None
         self._use_recvmsg = self._gro or self._rxq_ovfl or zero_copy
+        # Decided when the protocol is set, not per readiness event: batch reader or per-datagram reader.
+        self._batched = self._use_recvmsg or hasattr(protocol, "datagrams_received")
         self._gso: bool | None = None  # probed on first send_many
         self._buffer: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._buffer_size = 0
@@ -268,6 +270,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol that receives datagrams."""
         self._protocol = protocol
+        self._batched = self._use_recvmsg or hasattr(protocol, "datagrams_received")
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         """The protocol datagrams are delivered to."""
@@ -305,7 +308,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     # -- receiving ----------------------------------------------------------------------------
 
     def _read_ready(self) -> None:
-        if self._use_recvmsg or hasattr(self._protocol, "datagrams_received"):
+        if self._batched:
             self._read_batch()
             return
         recvfrom = self._sock.recvfrom
