@@ -183,3 +183,24 @@ async def test_zero_copy_delivers_memoryviews_valid_in_the_handler(host: str) ->
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_batches_are_bounded_in_bytes(host: str, raw_socket: socket.socket) -> None:
+    from udpio._transport import BATCH_BYTES
+
+    receiver, proto = await udpio.listen(Batches, host, 0, rcvbuf=1 << 22)
+    try:
+        addr = receiver.get_extra_info("sockname")[:2]
+        for i in range(40):  # 320 KiB queued before the loop reads: several lists in one read event
+            raw_socket.sendto(bytes([i]) * 8192, addr)
+        sizes: list[int] = []
+        got: list[bytes] = []
+        while len(got) < 40:
+            batch = await asyncio.wait_for(proto.queue.get(), 5)
+            sizes.append(sum(len(d) for d, _ in batch))
+            got += [d for d, _ in batch]
+        assert got == [bytes([i]) * 8192 for i in range(40)]
+        assert len(sizes) >= 5
+        assert max(sizes) <= BATCH_BYTES + 8192
+    finally:
+        receiver.close()
