@@ -654,3 +654,25 @@ def test_public_names() -> None:
     ):
         assert name in udpio.__all__, name
     assert os.path.basename(udpio._multicast.__file__) == "_multicast.py"
+
+
+async def test_multicast_member_with_gro_receives_a_gso_train() -> None:
+    """GRO on a multicast socket: a GSO train to the group arrives whole and in order (loopback, IPv4)."""
+    group = "239.255.77.7"
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Member(asyncio.DatagramProtocol):
+        def datagrams_received(self, batch: list[tuple[bytes, object]]) -> None:
+            for data, _ in batch:
+                received.put_nowait(data)
+
+    member, _ = await udpio.listen_multicast(Member, 0, group=group, interface="127.0.0.1", gro=True)
+    sender, _ = await udpio.listen_multicast(asyncio.DatagramProtocol, 0, interface="127.0.0.1")
+    try:
+        port = member.get_extra_info("sockname")[1]
+        payloads = [bytes([i]) * 200 for i in range(30)]
+        sender.send_many(payloads, (group, port))
+        assert [await asyncio.wait_for(received.get(), 5) for _ in payloads] == payloads
+    finally:
+        sender.close()
+        member.close()

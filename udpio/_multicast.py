@@ -308,7 +308,9 @@ async def listen_multicast(
     rcvbuf: int | None = None,
     sndbuf: int | None = None,
     max_size: int | None = None,
+    gro: bool = False,
     track_kernel_drops: bool = False,
+    zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> tuple[DatagramTransport, P]:
     """Listen on a multicast ``port`` and join ``group`` (one address, several, or none yet) on
@@ -373,7 +375,13 @@ async def listen_multicast(
     _CONTROLS[sock] = control
     # start_transport closes the socket on failure; closing drops every membership (ip_mc_drop_socket()).
     transport, protocol = await start_transport(
-        sock, protocol_factory, max_size=max_size, track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit
+        sock,
+        protocol_factory,
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
     )
     control._attach(transport)
     return transport, protocol
