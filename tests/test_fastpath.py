@@ -204,3 +204,29 @@ async def test_batches_are_bounded_in_bytes(host: str, raw_socket: socket.socket
         assert max(sizes) <= BATCH_BYTES + 8192
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
+async def test_empty_queue_probe_never_strands_a_zero_length_datagram(
+    host: str, raw_socket: socket.socket, batched: bool
+) -> None:
+    """After a one-datagram event the transport asks FIONREAD whether more is queued; a queued zero-length
+    datagram also reads as 0 bytes there. The event ends, and the loop must come back for it."""
+    factory = Batches if batched else Collector
+    transport, proto = await udpio.listen(factory, host, 0)
+
+    async def take(count: int) -> list[bytes]:
+        if isinstance(proto, Batches):
+            return await proto.take(count)
+        return [(await proto.next())[0] for _ in range(count)]
+
+    try:
+        addr = transport.get_extra_info("sockname")[:2]
+        raw_socket.sendto(b"first", addr)
+        assert await take(1) == [b"first"]  # a one-datagram event: the probe is armed
+        raw_socket.sendto(b"a", addr)
+        raw_socket.sendto(b"", addr)  # both queued before the loop reads
+        assert await take(2) == [b"a", b""]
+        assert transport.counters.datagrams_in == 3
+    finally:
+        transport.close()
