@@ -1,7 +1,9 @@
 """udpio.compat: the Twisted compatibility layer (requires the ``udpio[twisted]`` extra)."""
 
 try:
-    import twisted  # noqa: F401
+    # twisted.internet, not just twisted: the repository's own twisted/plugins/ dropin makes a bare
+    # ``import twisted`` succeed (as a namespace package) from a checkout where Twisted is not installed.
+    import twisted.internet  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without Twisted installed
     raise ImportError("udpio.compat needs Twisted: pip install 'udpio[twisted]'") from exc
 

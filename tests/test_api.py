@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import subprocess
 import sys
 
@@ -116,3 +117,26 @@ async def test_serve_echo_closes_socket_on_cancel(host: str) -> None:
     again = await udpio.start_echo(host, port)
     again.close()
     await again.wait_closed()
+
+
+def test_compat_without_twisted_names_the_extra() -> None:
+    """Without Twisted, ``import udpio.compat`` says which extra to install, even from a checkout, where the
+    repository's own twisted/plugins/ directory makes a bare ``import twisted`` succeed as a namespace
+    package. The child runs with ``-S`` (no site-packages: no Twisted) from the repository root and loads
+    compat/ as ``udpio.compat`` by path, as the installed package maps it."""
+    root = pathlib.Path(__file__).parent.parent
+    code = (
+        "import importlib.util, sys, udpio\n"
+        "spec = importlib.util.spec_from_file_location(\n"
+        "    'udpio.compat', 'compat/__init__.py', submodule_search_locations=['compat'])\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['udpio.compat'] = module\n"
+        "try:\n"
+        "    spec.loader.exec_module(module)\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'udpio[twisted]'" in out.stdout, out.stdout + out.stderr
