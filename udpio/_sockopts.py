@@ -24,6 +24,36 @@ UDP_SEGMENT: int = getattr(socket, "UDP_SEGMENT", 103)
 UDP_GRO: int = getattr(socket, "UDP_GRO", 104)
 SOL_UDP: int = getattr(socket, "SOL_UDP", 17)
 
+#: The socket error queue (ip(7)/ipv6(7) IP_RECVERR, IPV6_RECVERR; Linux). With IP_RECVERR on, the kernel
+#: queues each ICMP error there, and a socket whose queue is not empty reports POLLERR until it is read:
+#: unread, it makes the selector loop spin and makes libuv (uvloop) stop the reader for good. Each entry
+#: carries a ``struct sock_extended_err`` (include/uapi/linux/errqueue.h): ``u32 ee_errno; u8 ee_origin,
+#: ee_type, ee_code, ee_pad; u32 ee_info, ee_data``, then the offender's address.
+IP_RECVERR: int = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR: int = getattr(socket, "IPV6_RECVERR", 25)
+_SO_EE_ORIGIN_LOCAL = 1  # raised by the send call itself (EMSGSIZE...), already reported there
+_EXTENDED_ERR = struct.Struct("=IBBBBII")
+#: Ancillary room for one error-queue entry: the extended error plus a sockaddr_in6 (28 bytes).
+ERRQUEUE_SPACE = socket.CMSG_SPACE(_EXTENDED_ERR.size + 28) + socket.CMSG_SPACE(4)
+MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+#: ``FIONREAD`` (``SIOCINQ`` for sockets, an ioctl): bytes of the next queued datagram (udp(7)).
+#: ``None`` where there is no such ioctl (Windows): the transport then always drains until EAGAIN.
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    FIONREAD: int | None = None
+else:
+    FIONREAD = getattr(termios, "FIONREAD", None)
+
+
+def parse_icmp_error(level: int, kind: int, data: bytes) -> int:
+    """The errno of an error-queue control message that reports an ICMP error (0 for anything else,
+    including local errors, which the failing send call already raised)."""
+    if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)):
+        return 0
+    code, origin = _EXTENDED_ERR.unpack_from(data)[:2]
+    return 0 if origin == _SO_EE_ORIGIN_LOCAL else int(code)
+
 #: Errnos meaning "this kernel or protocol does not have that option": the only ones a best-effort
 #: option forgives. ENOPROTOOPT is Linux's answer; EINVAL comes from older kernels for unknown UDP levels;
 #: EOPNOTSUPP from BSD-derived stacks.

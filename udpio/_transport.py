@@ -19,7 +19,6 @@ import array
 import asyncio
 import collections
 import errno
-import fcntl
 import logging
 import os
 import socket
@@ -39,6 +38,11 @@ from ._errors import (
     InvalidAddressError,
     InvalidArgumentError,
 )
+
+try:
+    from fcntl import ioctl as _ioctl
+except ImportError:  # pragma: no cover - Windows has no fcntl
+    _ioctl = None  # type: ignore[assignment]  # checked before use
 
 logger = logging.getLogger("udpio")
 
@@ -71,19 +75,6 @@ BATCH_BYTES = 64 * 1024
 ARENA_SIZE = BATCH_BYTES + RECV_BUFFER_SIZE
 #: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(4) * 2
-#: The socket error queue (ip(7)/ipv6(7) IP_RECVERR, IPV6_RECVERR; Linux). With IP_RECVERR on, the kernel
-#: queues each ICMP error there, and a socket whose queue is not empty reports POLLERR until it is read:
-#: unread, it makes the selector loop spin and makes libuv (uvloop) stop the reader for good. Each entry
-#: carries a ``struct sock_extended_err`` (include/uapi/linux/errqueue.h): ``u32 ee_errno; u8 ee_origin,
-#: ee_type, ee_code, ee_pad; u32 ee_info, ee_data``, then the offender's address.
-_IP_RECVERR = 11
-_IPV6_RECVERR = 25
-_SO_EE_ORIGIN_LOCAL = 1  # raised by the send call itself (EMSGSIZE...), already reported there
-_EXTENDED_ERR = struct.Struct("=IBBBBII")
-_ERRQUEUE_SPACE = socket.CMSG_SPACE(_EXTENDED_ERR.size + 28) + socket.CMSG_SPACE(4)
-_MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0x2000)
-#: ``FIONREAD`` (``SIOCINQ`` for sockets): bytes of the next queued datagram (udp(7)).
-_FIONREAD: int = getattr(__import__("termios"), "FIONREAD", 0x541B)
 #: At most one handler-error log line per this many seconds (the rest are counted and summarised).
 LOG_INTERVAL = 5.0
 
@@ -371,8 +362,10 @@ class DatagramTransport(asyncio.DatagramTransport):
         the event ends, and the still-readable socket brings the loop straight back (level-triggered
         readiness on both loops), so nothing is lost.
         """
+        if _ioctl is None or _sockopts.FIONREAD is None:  # pragma: no cover - Windows
+            return False
         try:
-            fcntl.ioctl(self._fileno, _FIONREAD, self._pending, True)
+            _ioctl(self._fileno, _sockopts.FIONREAD, self._pending, True)
         except OSError:
             return False  # let the receive loop meet the error itself
         return self._pending[0] == 0
@@ -548,17 +541,16 @@ class DatagramTransport(asyncio.DatagramTransport):
             return found
         for _ in range(MAX_DATAGRAMS_PER_EVENT):
             try:
-                _, ancdata, _, _ = self._sock.recvmsg(1, _ERRQUEUE_SPACE, _MSG_ERRQUEUE)
+                _, ancdata, _, _ = self._sock.recvmsg(1, _sockopts.ERRQUEUE_SPACE, _sockopts.MSG_ERRQUEUE)
             except OSError:  # EAGAIN: empty (the usual case, without IP_RECVERR); anything else: give up
                 break
             for level, kind, cdata in ancdata:
-                if (level, kind) in ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR)):
-                    code, origin = _EXTENDED_ERR.unpack_from(cdata)[:2]
-                    if origin != _SO_EE_ORIGIN_LOCAL and code:
-                        found.append(code)
-                        self._counters.errors_received += 1
-                        # OSError(errno, ...) builds the matching subclass (ConnectionRefusedError...).
-                        self._report(OSError(code, os.strerror(code)))
+                code = _sockopts.parse_icmp_error(level, kind, cdata)
+                if code:
+                    found.append(code)
+                    self._counters.errors_received += 1
+                    # OSError(errno, ...) builds the matching subclass (ConnectionRefusedError...).
+                    self._report(OSError(code, os.strerror(code)))
         return found
 
     def _rearm_reader(self) -> None:
