@@ -66,10 +66,12 @@ GSO_MAX_SEGMENTS = 64
 #: GSO: the kernel refuses a super-datagram above the IPv4 maximum payload.
 _GSO_MAX_BYTES = 65507
 #: Batches handed to ``datagrams_received`` hold about this many bytes (a read event may deliver several).
-#: Holding more costs fresh memory for every datagram: measured with 8 KiB datagrams, lists of 256 KiB took
-#: 5.2 us per datagram and unbounded ones (2 MiB) 7.9 us, against 2.0 us for 64 KiB; 64-byte datagrams are
-#: unaffected (~2.0 us at any size). Twisted caps a read event at 256 KiB for the same reason.
-BATCH_BYTES = 64 * 1024
+#: Holding more costs fresh memory for every datagram: in-process, with 8 KiB datagrams, unbounded lists
+#: (2 MiB) took 7.9 us per datagram against about 2 us for 64 KiB ones. And for request/response traffic a
+#: reply waits until its batch is complete: with 8 datagrams of 8 KiB in flight, 64 KiB batches made the
+#: benchmark's echo fall into lock step at 0.73-0.92x Twisted, 16 KiB ones ran at 1.18-1.19x (flood sink
+#: and 64/1200-byte echo unchanged within the noise). At 64 bytes the 256-datagram count bound comes first.
+BATCH_BYTES = 16 * 1024
 #: zero_copy: the preallocated receive arena: one batch plus one maximal receive (a GRO train), reused for
 #: every batch, so it stays in cache.
 ARENA_SIZE = BATCH_BYTES + RECV_BUFFER_SIZE
