@@ -578,22 +578,30 @@ class _EchoServer(EchoRole):
         self.run.step(lambda: self.run.stack.listen(self.run.client))
 
 
-class _EchoClient(CollectRole):
-    run: EchoScenario
+class _PeriodicClient(CollectRole):
+    """Sends ``messages`` to the run's server one tick apart (the tutorial's periodic sender), expects every
+    echo but the one the server's handler raises on, then closes both ends."""
+
+    run: EchoScenario | AdoptScenario
+    messages: tuple[bytes, ...] = ()
 
     def on_made(self) -> None:
-        expected = [m for m in ECHO_MESSAGES if m != b"raise"]
+        expected = [m for m in self.messages if m != b"raise"]
         self.expect(len(expected), self.finished)
         self._tick(0)
 
     def _tick(self, index: int) -> None:
-        self.send(ECHO_MESSAGES[index], self.run.server.address)
-        if index + 1 < len(ECHO_MESSAGES):
+        self.send(self.messages[index], self.run.server.address)
+        if index + 1 < len(self.messages):
             self.run.later(TICK, lambda: self._tick(index + 1))
 
     def finished(self) -> None:
         self.close()
         self.run.server.close()
+
+
+class _EchoClient(_PeriodicClient):
+    messages = ECHO_MESSAGES
 
 
 class AdoptScenario(ScenarioRun):
@@ -624,21 +632,8 @@ class _Adopted(EchoRole):
         self.run.step(lambda: self.run.stack.listen(self.run.client))
 
 
-class _AdoptClient(CollectRole):
-    run: AdoptScenario
-
-    def on_made(self) -> None:
-        self.expect(len(ADOPT_MESSAGES), self.finished)
-        self._tick(0)
-
-    def _tick(self, index: int) -> None:
-        self.send(ADOPT_MESSAGES[index], self.run.server.address)
-        if index + 1 < len(ADOPT_MESSAGES):
-            self.run.later(TICK, lambda: self._tick(index + 1))
-
-    def finished(self) -> None:
-        self.close()
-        self.run.server.close()
+class _AdoptClient(_PeriodicClient):
+    messages = ADOPT_MESSAGES
 
 
 class ConnectedScenario(ScenarioRun):
