@@ -377,7 +377,9 @@ def test_base_exceptions_propagate_with_the_counters_up_to_date(batch: bool) -> 
         with pytest.raises(KeyboardInterrupt):
             receiver.read_event()
         assert sink.failures == []
-        assert sink.counters.datagrams_in == 2
+        # Two delivered; the other three were read in the same recvmmsg and are lost with the event.
+        assert sink.counters.datagrams_in == 5
+        assert sink.counters.dropped_on_close == 3
 
 
 def test_an_exception_in_handler_failed_propagates_chained_to_the_handlers() -> None:
@@ -421,6 +423,12 @@ def test_stop_mid_event_delivers_nothing_more_and_never_reads_again(batch: bool)
         select.select([rx], [], [], 5)
         receiver.read_event()
         assert len(calls) == 3 and receiver.stopped
+        # What was read and not delivered is counted as received and dropped on close.
+        delivered = 6 if batch else 3
+        c = sink.counters
+        assert c.datagrams_in - c.dropped_on_close == delivered
+        assert c.datagrams_in == 20  # all were queued, so one recvmmsg read them all
+        assert c.bytes_in == 200
         tx.sendto(b"marker", rx.getsockname())
         receiver.read_event()
         assert len(calls) == 3
@@ -476,6 +484,30 @@ def test_gro_pieces_above_max_size_are_counted() -> None:
         pump(receiver, rx, lambda: len(rec.got) == 1)
         assert [d for d, _ in rec.got] == [b"fits"]
         assert sink.counters.dropped_oversize == 4
+
+
+def test_stop_inside_a_gro_train_counts_the_rest_as_dropped_on_close() -> None:
+    host = LO4
+    with udp_pair(socket.AF_INET, host) as (rx, tx):
+        if not _sockopts.enable_gro(rx) or not _sockopts.gso_supported(tx):
+            pytest.skip("kernel without UDP GRO/GSO")
+        tx.sendmsg([b"g" * 100 * 10], [_sockopts.gso_cmsg(100)], 0, rx.getsockname())
+        sink = Sink()
+        holder: list[Any] = []
+        got: list[bytes] = []
+
+        def handler(data: bytes, addr: Any) -> None:
+            got.append(data)
+            if len(got) == 3:
+                holder[0].stop()
+
+        receiver = receiver_for(sink, rx, handler, buffer_size=RECV_BUFFER_SIZE)
+        holder.append(receiver)
+        pump(receiver, rx, lambda: receiver.stopped)
+        c = sink.counters
+        assert got == [b"g" * 100] * 3
+        if c.gro_batches:  # coalesced: the other 7 pieces were read with the first three
+            assert (c.datagrams_in, c.dropped_on_close, c.bytes_in) == (10, 7, 1000)
 
 
 def test_kernel_drops_are_read_from_so_rxq_ovfl() -> None:
@@ -745,3 +777,39 @@ def test_send_pairs_gso_trains_carry_the_right_bytes() -> None:
         assert core.send_pairs(tx, pairs, 0) == len(pairs)
         assert [d for d, _ in drain_socket(a)] == [d for d, dest in pairs if dest == a.getsockname()]
         assert [d for d, _ in drain_socket(b)] == [pairs[100][0]]
+
+
+# -- the factory the transport's strategy registry calls ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    limits: Limits = Limits()
+    gro: bool = False
+    kernel_drops: bool = False
+    zero_copy: bool = False
+
+
+def test_build_receiver_picks_the_handler_from_the_protocol() -> None:
+    from udpio._io_core import build_receiver
+
+    class Single:
+        def __init__(self) -> None:
+            self.got: list[bytes] = []
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            self.got.append(data)
+
+    class Lists(Single):
+        def datagrams_received(self, batch: list[tuple[bytes, Any]]) -> None:
+            self.got += [b"list:" + data for data, _ in batch]
+
+    with udp_pair(socket.AF_INET, LO4) as (rx, tx):
+        for protocol, expected in ((Single(), [b"hi"]), (Lists(), [b"list:hi"])):
+            receiver = build_receiver(rx, protocol, Config(), Sink())
+            assert receiver.batch == isinstance(protocol, Lists)
+            tx.sendto(b"hi", rx.getsockname())
+            pump(receiver, rx, lambda p=protocol: len(p.got) == 1)
+            assert protocol.got == expected
+        with pytest.raises(ValueError, match="no zero-copy mode"):
+            build_receiver(rx, Single(), Config(zero_copy=True), Sink())

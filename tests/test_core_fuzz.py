@@ -136,12 +136,16 @@ def test_every_datagram_is_delivered_whole_or_counted(scenario: dict[str, Any]) 
         if scenario["batch"]:
             assert all(sum(len(d) for d, _ in batch) < limits.batch_bytes + bound + 1 for batch in lists)
             assert all(batch for batch in lists)
+        c = sink.counters
+        # Read but not delivered (the Receiver stopped mid-batch): received, and dropped on close.
+        assert c.datagrams_in - c.dropped_on_close == len(delivered)
         if receiver.stopped:
             assert calls == scenario["stop_after"]
             receiver.read_event()  # after stop(): returns at once, reads nothing
             assert calls == scenario["stop_after"]
         else:
             assert delivered == expected
+            assert c.dropped_on_close == 0
             assert sink.counters.datagrams_in == len(expected)
             assert sink.counters.bytes_in == sum(map(len, expected))
             assert sink.counters.dropped_oversize == len(payloads) - len(expected)

@@ -92,6 +92,7 @@ typedef struct {
     PyObject *str_datagrams_in;
     PyObject *str_bytes_in;
     PyObject *str_dropped_oversize;
+    PyObject *str_dropped_on_close;
     PyObject *str_gro_batches;
     PyObject *str_kernel_drops;
     PyObject *str_recv_size;
@@ -287,8 +288,9 @@ typedef struct {
 typedef struct {
     PyObject *sink;
     PyObject *handler;
-    long long datagrams; /* delivered one by one, not counted yet */
+    long long datagrams; /* received and not counted yet: delivered one by one, or undelivered */
     long long bytes;
+    long long undelivered; /* received, then dropped because the Receiver stopped (dropped_on_close) */
     long long oversize;
     long long gro_batches;
     long long kernel_drops; /* the last SO_RXQ_OVFL value seen, or -1 */
@@ -352,7 +354,7 @@ static int
 flush_counters(core_state *st, event *ev)
 {
     if (ev->datagrams == 0 && ev->bytes == 0 && ev->oversize == 0 && ev->gro_batches == 0 &&
-        ev->kernel_drops < 0) {
+        ev->undelivered == 0 && ev->kernel_drops < 0) {
         return 0;
     }
     PyObject *counters = PyObject_GetAttr(ev->sink, st->str_counters);
@@ -363,6 +365,7 @@ flush_counters(core_state *st, event *ev)
     if (add_counter(counters, st->str_datagrams_in, ev->datagrams) < 0 ||
         add_counter(counters, st->str_bytes_in, ev->bytes) < 0 ||
         add_counter(counters, st->str_dropped_oversize, ev->oversize) < 0 ||
+        add_counter(counters, st->str_dropped_on_close, ev->undelivered) < 0 ||
         add_counter(counters, st->str_gro_batches, ev->gro_batches) < 0) {
         rc = -1;
     }
@@ -373,9 +376,19 @@ flush_counters(core_state *st, event *ev)
         Py_XDECREF(drops);
     }
     Py_DECREF(counters);
-    ev->datagrams = ev->bytes = ev->oversize = ev->gro_batches = 0;
+    ev->datagrams = ev->bytes = ev->undelivered = ev->oversize = ev->gro_batches = 0;
     ev->kernel_drops = -1;
     return rc;
+}
+
+/* Datagrams read but never delivered because the Receiver stopped (or a handler's BaseException is on its
+ * way out): counted as received and as dropped on close, as the Python strategies count them. */
+static void
+count_undelivered(event *ev, long long datagrams, long long bytes)
+{
+    ev->datagrams += datagrams;
+    ev->bytes += bytes;
+    ev->undelivered += datagrams;
 }
 
 /* A handler raised (the exception is set). An Exception goes to sink.handler_failed(exc, addr), called
@@ -608,14 +621,20 @@ deliver_message(Receiver *self, event *ev, recv_batch *rb, int i)
     /* UDP GRO: the kernel coalesced equal-sized datagrams from one sender; the last may be shorter. */
     ev->gro_batches += 1;
     int rc = 0;
-    for (Py_ssize_t start = 0; start < len && rc == 0 && !self->stopped; start += segment) {
+    Py_ssize_t start = 0;
+    while (start < len && rc == 0 && !self->stopped) {
         Py_ssize_t size = len - start < segment ? len - start : segment;
         if (size > self->max_size) {
             ev->oversize += 1;
-            continue;
         }
-        PyObject *piece = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload) + start, size);
-        rc = piece == NULL ? -1 : deliver(self, ev, piece, sa, salen);
+        else {
+            PyObject *piece = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload) + start, size);
+            rc = piece == NULL ? -1 : deliver(self, ev, piece, sa, salen);
+        }
+        start += size;
+    }
+    if (start < len) {
+        count_undelivered(ev, (len - start + segment - 1) / segment, len - start);
     }
     Py_DECREF(payload);
     return rc;
@@ -671,7 +690,12 @@ drain(Receiver *self, event *ev)
             if (rc < 0 || self->stopped) {
                 /* stop() came from a handler, or one raised what must propagate: drop the rest. */
                 for (int j = i; j < n; j++) {
-                    Py_CLEAR(rb.payload[j]);
+                    PyObject *rest = rb.payload[j];
+                    if (rest != NULL) {
+                        Py_ssize_t len = PyBytes_GET_SIZE(rest), seg = rb.segment[j];
+                        count_undelivered(ev, seg > 0 && len > seg ? (len + seg - 1) / seg : 1, len);
+                        Py_CLEAR(rb.payload[j]);
+                    }
                 }
                 return rc;
             }
@@ -712,7 +736,10 @@ Receiver_read_event(Receiver *self, PyObject *Py_UNUSED(ignored))
     if (rc == 0 && !self->stopped) {
         rc = deliver_list(self, &ev);
     }
-    Py_CLEAR(ev.list); /* stopped, or failed: what was not delivered is dropped */
+    if (ev.list != NULL) { /* stopped, or failed: the list being filled is dropped */
+        count_undelivered(&ev, PyList_GET_SIZE(ev.list), ev.list_bytes);
+        Py_CLEAR(ev.list);
+    }
     /* The counters must reflect what was delivered even when the event ends with an exception. */
     if (rc < 0) {
         PyObject *exc = take_exception();
@@ -1240,6 +1267,7 @@ core_exec(PyObject *module)
         {&st->str_datagrams_in, "datagrams_in"},
         {&st->str_bytes_in, "bytes_in"},
         {&st->str_dropped_oversize, "dropped_oversize"},
+        {&st->str_dropped_on_close, "dropped_on_close"},
         {&st->str_gro_batches, "gro_batches"},
         {&st->str_kernel_drops, "kernel_drops"},
         {&st->str_recv_size, "recv_size"},
@@ -1285,6 +1313,7 @@ core_clear(PyObject *module)
     Py_CLEAR(st->str_datagrams_in);
     Py_CLEAR(st->str_bytes_in);
     Py_CLEAR(st->str_dropped_oversize);
+    Py_CLEAR(st->str_dropped_on_close);
     Py_CLEAR(st->str_gro_batches);
     Py_CLEAR(st->str_kernel_drops);
     Py_CLEAR(st->str_recv_size);

@@ -35,6 +35,17 @@ class Limits(Protocol):
     def batch_bytes(self) -> int: ...
 
 
+class Config(Protocol):
+    """What :func:`build_receiver` reads from the transport's receive configuration (``ReceiveConfig``)."""
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def gro(self) -> bool: ...
+    @property
+    def zero_copy(self) -> bool: ...
+
+
 class ReceiveStrategy(Protocol):
     """SEAMS.md's receive strategy: one per (transport, protocol)."""
 
@@ -93,4 +104,21 @@ def compiled_receiver(
         datagrams_received=datagrams_received,
         buffer_size=buffer_size or 0,
     )
+    return receiver
+
+
+def build_receiver(sock: socket.socket, protocol: Any, config: Config, sink: Any) -> ReceiveStrategy:
+    """The compiled strategy as a receive-strategy factory (``factory(sock, protocol, config, sink)``, the
+    transport's registry shape): the handler is chosen here, once, as every strategy chooses it (lists for
+    a protocol with ``datagrams_received``). It reads GRO trains and ``SO_RXQ_OVFL`` counts; it has no
+    zero-copy mode. Only call it when :data:`IO_CORE` is ``"compiled"``."""
+    if _core is None:
+        raise RuntimeError("udpio's compiled I/O core is not in use (see udpio.IO_CORE)")
+    if config.zero_copy:
+        raise ValueError("the compiled receive strategy has no zero-copy mode; use the Python one")
+    many = getattr(protocol, "datagrams_received", None)
+    handlers = {"datagrams_received": many} if many is not None else {"datagram_received": protocol.datagram_received}
+    # A GRO train holds up to 64 KiB of payload (one UDP length field): receive into the largest buffer.
+    buffer_size = _core.MAX_BUFFER_SIZE if config.gro else 0
+    receiver: ReceiveStrategy = _core.Receiver(sink, sock.fileno(), config.limits, buffer_size=buffer_size, **handlers)
     return receiver
