@@ -287,13 +287,19 @@ def test_a_larger_buffer_still_applies_max_size() -> None:
 
 
 @contextlib.contextmanager
-def refused(family: int, host: str) -> Iterator[tuple[socket.socket, socket.socket]]:
+def refused(family: int, host: str, recverr: bool = False) -> Iterator[tuple[socket.socket, socket.socket]]:
     """(receiving socket connected to a port nobody listens on, with an ECONNREFUSED pending; a socket
-    bound to that port again, to send to it from its peer's address)."""
+    bound to that port again, to send to it from its peer's address). ``recverr``: IP_RECVERR on, so the
+    error also sits on the socket's error queue (ip(7))."""
     with socket.socket(family, socket.SOCK_DGRAM) as gone:
         gone.bind((host, 0))
         peer_addr = gone.getsockname()
     with udp_pair(family, host) as (rx, _):
+        if recverr:
+            if family == socket.AF_INET:
+                rx.setsockopt(socket.IPPROTO_IP, _sockopts.IP_RECVERR, 1)
+            else:
+                rx.setsockopt(socket.IPPROTO_IPV6, _sockopts.IPV6_RECVERR, 1)
         rx.connect(peer_addr)
         rx.send(b"to nobody")  # ICMP port unreachable comes back; Linux queues ECONNREFUSED (udp(7))
         # The ICMP error is delivered in the same call on loopback; wait for it as POLLERR.
@@ -305,9 +311,12 @@ def refused(family: int, host: str) -> Iterator[tuple[socket.socket, socket.sock
             yield rx, peer
 
 
+@pytest.mark.parametrize("recverr", [False, True], ids=["plain", "IP_RECVERR"])
 @pytest.mark.parametrize("end_on_error", [False, True], ids=["read-on", "end-event"])
-def test_icmp_errors_go_to_receive_error_and_reading_goes_on(family: int, host: str, end_on_error: bool) -> None:
-    with refused(family, host) as (rx, peer):
+def test_icmp_errors_go_to_receive_error_and_reading_goes_on(
+    family: int, host: str, end_on_error: bool, recverr: bool
+) -> None:
+    with refused(family, host, recverr) as (rx, peer):
         peer.sendto(b"after", rx.getsockname())
         sink, rec = Sink(end_on_error=end_on_error), Recorder()
         receiver = receiver_for(sink, rx, rec.datagram_received)
@@ -319,6 +328,9 @@ def test_icmp_errors_go_to_receive_error_and_reading_goes_on(family: int, host: 
         assert rec.got == ([] if end_on_error else [(b"after", peer.getsockname())])
         pump(receiver, rx, lambda: len(rec.got) == 1)
         assert len(sink.receive_errors) == 1
+        if recverr:  # the error queue is the sink's to read (the transport drains it in receive_error)
+            _, ancdata, _, _ = rx.recvmsg(1, _sockopts.ERRQUEUE_SPACE, _sockopts.MSG_ERRQUEUE)
+            assert [_sockopts.parse_icmp_error(*item) for item in ancdata] == [errno.ECONNREFUSED]
 
 
 def test_a_closed_descriptor_is_routed_to_receive_error() -> None:
