@@ -1226,9 +1226,10 @@ send_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *
             release_views(sb);
             if (sent < 0) {
                 if (sb->pairs[0] > 1 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
-                    /* The kernel refused the GSO run itself (no UDP_SEGMENT before Linux 4.18, EINVAL when
-                     * a segment exceeds the route's MTU, EIO without checksum offload: udp(7)). Send the
-                     * rest of this call's pairs one message each; the first one meets any real error. */
+                    /* The kernel refused the GSO run itself (no UDP_SEGMENT before Linux 4.18; EINVAL, or
+                     * EMSGSIZE on newer kernels, when a segment exceeds the route's MTU; EIO without
+                     * checksum offload: udp(7)). Send the rest of this call's pairs one message each; the
+                     * first one meets any real error. */
                     gso = 0;
                     continue;
                 }
