@@ -541,6 +541,52 @@ def test_kernel_drops_are_read_from_so_rxq_ovfl() -> None:
         assert sink.counters.kernel_drops + len(rec.got) <= 201
 
 
+def test_a_failing_sink_propagates_out_of_read_event() -> None:
+    """Errors raised by the transport's own side (receive_error, the counters) are bugs to surface, not to
+    swallow: they leave read_event, after the datagrams already delivered."""
+    with refused(socket.AF_INET, LO4) as (rx, _):
+
+        class Broken(Sink):
+            def receive_error(self, exc: OSError) -> bool:
+                raise RuntimeError("sink failed") from exc
+
+        receiver = receiver_for(Broken(), rx, Recorder().datagram_received)
+        with pytest.raises(RuntimeError, match="sink failed") as info:
+            receiver.read_event()
+        assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+    with udp_pair(socket.AF_INET, LO4) as (rx, tx):
+        tx.sendto(b"x", rx.getsockname())
+        sink, rec = Sink(), Recorder()
+        sink.counters = object()  # type: ignore[assignment]  # no datagrams_in: adding to it fails
+        receiver = receiver_for(sink, rx, rec.datagram_received)
+        select.select([rx], [], [], 5)
+        with pytest.raises(AttributeError, match="datagrams_in"):
+            receiver.read_event()
+        assert rec.got == [(b"x", tx.getsockname())]
+
+
+def test_counters_that_fail_while_an_exception_leaves_are_reported_as_unraisable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The handler's KeyboardInterrupt keeps propagating; the counters' own failure is not lost either."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with udp_pair(socket.AF_INET, LO4) as (rx, tx):
+        tx.sendto(b"x", rx.getsockname())
+        sink = Sink()
+        sink.counters = object()  # type: ignore[assignment]
+
+        def handler(data: bytes, addr: Any) -> None:
+            raise KeyboardInterrupt
+
+        receiver = receiver_for(sink, rx, handler)
+        select.select([rx], [], [], 5)
+        with pytest.raises(KeyboardInterrupt):
+            receiver.read_event()
+    assert [type(u.exc_value) for u in unraisable] == [AttributeError]
+
+
 # -- construction and lifetime -------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -80,3 +81,31 @@ def test_the_wheel_carries_the_compiled_core_and_runs_in_a_fresh_venv(tmp_path: 
                           capture_output=True, text=True, timeout=60, check=False)
     assert demo.returncode == 0, demo.stderr
     assert "compiled I/O core" in demo.stdout
+
+
+@pytest.mark.timeout(300)
+def test_without_a_compiler_the_build_succeeds_on_the_python_path(tmp_path: Path) -> None:
+    """setup.py's optional build_ext: a compiler that cannot run only warns, and the wheel is pure Python."""
+    pytest.importorskip("build", reason="needs the 'build' package (in the test extra)")
+    env = {k: v for k, v in os.environ.items() if k != "UDPIO_NO_EXTENSIONS"}
+    env["CC"] = str(tmp_path / "no-such-compiler")
+    dist = tmp_path / "dist"
+    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(ROOT)], env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "the compiled I/O core was not built" in done.stdout + done.stderr
+    (wheel,) = dist.glob("udpio-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("udpio/_core.") and n.endswith(".so")], names
+    assert "udpio/_io_core.py" in names
+    # Imported from the unpacked wheel, udpio says it runs the Python path. -S: without site's .pth files, so
+    # an editable install of this checkout (whose finder would supply its built udpio._core) stays out; the
+    # site-packages directory is still appended for uvloop.
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    site = sysconfig.get_paths()["purelib"]
+    script = (f"import sys; sys.path[:0] = [{str(unpacked)!r}]; sys.path.append({site!r}); "
+              "import udpio; print(udpio.__file__, udpio.IO_CORE)")
+    out = subprocess.run([sys.executable, "-S", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert out == [str(unpacked / "udpio" / "__init__.py"), "python"]
