@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ._workloads import Backend, Figures, Workload, generator_job
+from . import _native
+from ._workloads import PEER_WINDOW, PEERS, Backend, Figures, Workload, generator_job, loadgen_args
 
 #: A server has this long to bind and say ``ready`` (Twisted's imports on a loaded 2-core machine).
 STARTUP_TIMEOUT = 30.0
@@ -46,31 +47,27 @@ class BenchError(Exception):
 
 
 def servers_dir() -> Path:
-    """Where the server scripts are.
+    """Where the server scripts are: ``udpio/bench/servers/``, next to this module in any install (they
+    are an ordinary subpackage, so a regular ``pip install`` ships them as it ships this file)."""
+    scripts = Path(__file__).resolve().parent / "servers"
+    if not (scripts / "_common.py").is_file():
+        raise BenchError(f"the benchmark server scripts are missing from {scripts}; reinstall udpio")
+    return scripts
 
-    They live in the repository's ``benchmarks/servers/`` (small scripts a reader can run by hand, as the
-    issue asks), and ``pyproject.toml`` maps that directory to the package ``udpio.bench.servers``, so a
-    regular (non-editable) ``pip install`` ships them inside ``udpio/bench/servers/``. Found through the
-    import system first (any install), then next to the source tree (an editable install made before the
-    mapping existed).
-    """
-    spec = importlib.util.find_spec("udpio.bench.servers")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / "_common.py").is_file():
-                return Path(location)
-    source = Path(__file__).resolve().parents[2] / "benchmarks" / "servers"
-    if (source / "_common.py").is_file():
-        return source
-    raise BenchError("the benchmark server scripts are missing (udpio.bench.servers); reinstall udpio")
+
+#: Optional modules that come with ``udpio[bench]`` (the others are named as they are installed).
+_BENCH_EXTRA = ("twisted", "rloop")
 
 
 def missing_requirement(back: Backend) -> str | None:
-    """Why ``back`` cannot run here (a module it needs is not installed), or ``None``."""
+    """Why ``back`` cannot run here (a module it needs is not installed, or its C server cannot be
+    compiled), or ``None``."""
     for module in back.requires:
         if importlib.util.find_spec(module) is None:
-            extra = "udpio[bench]" if module == "twisted" else module
+            extra = "udpio[bench]" if module in _BENCH_EXTRA else module
             return f"{module} is not installed (pip install '{extra}')"
+    if back.native:
+        return _native.unavailable(back.script)
     return None
 
 
@@ -267,6 +264,9 @@ class Settings:
     repeat: int
     members: int
     pin: bool = True
+    #: Many-peer echo: client sockets and requests in flight on each.
+    peers: int = PEERS
+    peer_window: int = PEER_WINDOW
 
 
 def _rss(pid: int) -> int | None:
@@ -350,7 +350,9 @@ class Suite:
         """Start the server, drive it with the generator, collect figures; never raises for a failed run."""
         run = Run(back.name, load.name, size, rep, "ok")
         reason = missing_requirement(back) or self._unavailable.get((back.name, load.name))
-        if reason is None:
+        if reason is None and load.native_client and not load.python_fallback:
+            reason = _native.unavailable("loadgen")
+        elif reason is None and not self._native_client(load):
             try:
                 self.generator()
             except BenchError as exc:
@@ -376,7 +378,10 @@ class Suite:
     def _measure(self, run: Run, back: Backend, load: Workload, size: int) -> None:
         s = self.settings
         group = _random_group() if load.name == "multicast" else None
-        argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
+        if back.native:
+            argv = [str(_native.build(back.script)), "--workload", load.server, *back.args]
+        else:
+            argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
         if group is not None:
             argv += ["--group", group, "--members", str(s.members)]
         server = Child(f"{back.name} server", argv, self.pinning.server)
@@ -386,13 +391,12 @@ class Suite:
                 run.status, run.reason = "unavailable", str(ready.get("reason", "unavailable"))
                 return
             run.server = {"ready": ready, "pid": server.pid, "rss_idle": _rss(server.pid)}
-            generator = self.generator()
             job = generator_job(
                 load, back, port=int(ready["port"]), size=size, warmup=s.warmup, duration=s.duration,
-                window=s.window, group=group,
+                window=s.window, group=group, peers=s.peers, peer_window=s.peer_window,
             )
-            generator.send(json.dumps(job))
-            snaps, result, peak = self._drive(server, generator, s.warmup + s.duration + JOB_SLACK)
+            with self._job(load, job) as generator:
+                snaps, result, peak = self._drive(server, generator, s.warmup + s.duration + JOB_SLACK)
             run.server["rss_peak"] = max(peak, run.server["rss_idle"] or 0)
             run.server["rss_after"] = _rss(server.pid)
             run.server["snaps"] = snaps
@@ -401,10 +405,32 @@ class Suite:
             if len(snaps) != 2:
                 raise BenchError(f"expected 2 server snapshots, got {len(snaps)}")
             run.figures = load.figures(result, snaps, s.members)
+            run.figures["generator"] = "C" if self._native_client(load) else "Python"
             run.figures["rss_idle_mb"] = (run.server["rss_idle"] or 0) / 2**20
             run.figures["rss_peak_mb"] = run.server["rss_peak"] / 2**20
         finally:
             server.close()
+
+    @staticmethod
+    def _native_client(load: Workload) -> bool:
+        """Whether the C load generator runs ``load``'s job (else the Python generator does)."""
+        return load.native_client and (not load.python_fallback or _native.unavailable("loadgen") is None)
+
+    @contextlib.contextmanager
+    def _job(self, load: Workload, job: Figures) -> Iterator[Child]:
+        """Start ``job`` on the generator it needs: the long-lived Python one, or a C load generator of its
+        own (one process per run, ended when the run is)."""
+        if not self._native_client(load):
+            generator = self.generator()
+            generator.send(json.dumps(job))
+            yield generator
+            return
+        argv = [str(_native.build("loadgen")), *loadgen_args(job)]
+        loadgen = Child("C load generator", argv, self.pinning.generator)
+        try:
+            yield loadgen
+        finally:
+            loadgen.close()
 
     def _drive(self, server: Child, generator: Child, timeout: float) -> tuple[list[Figures], Figures, int]:
         """Follow the generator's job: snapshot the server at the window's edges, sample its RSS."""

@@ -20,7 +20,8 @@ from typing import Any
 
 from .. import __version__, _sockopts
 from ._harness import Run
-from ._workloads import REFERENCES, WORKLOADS, Workload, auto_window, workload
+from ._native import compiler
+from ._workloads import PEER_WINDOW, PEERS, REFERENCES, WORKLOADS, Workload, auto_window, workload
 
 #: Figures whose spread across repeats is shown next to the median.
 _NUMBER = (int, float)
@@ -57,6 +58,7 @@ class Cell:
     reason: str = ""
     stats: dict[str, Stat] = dataclasses.field(default_factory=dict)
     limited_by: str = ""
+    generator: str = ""  # which load generator ran it: "C" or "Python"
     runs: int = 0
 
     def headline(self) -> Stat | None:
@@ -65,7 +67,7 @@ class Cell:
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "workload": self.workload, "size": self.size, "status": self.status,
-            "reason": self.reason, "runs": self.runs, "limited_by": self.limited_by,
+            "reason": self.reason, "runs": self.runs, "limited_by": self.limited_by, "generator": self.generator,
             "figures": {k: v.as_dict() for k, v in self.stats.items()},
         }
 
@@ -94,6 +96,8 @@ def summarise(runs: Iterable[Run]) -> list[Cell]:
                     values[key].append(float(value))
             if "limited_by" in r.figures:
                 bounds[str(r.figures["limited_by"])] += 1
+            if "generator" in r.figures:
+                cell.generator = str(r.figures["generator"])
         cell.stats = {k: Stat(statistics.median(v), min(v), max(v), tuple(v)) for k, v in values.items()}
         if bounds:
             cell.limited_by = bounds.most_common(1)[0][0]
@@ -202,7 +206,7 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
         out.append("")
         header = ["backend"]
         for load in loads:
-            header += [_column_title(load), "x asyncio / x twisted-epoll"]
+            header += [_column_title(load), " / ".join(f"x {r}" for r in REFERENCES)]
         header.append("server RSS MB idle→peak")
         rows = []
         for back in backends:
@@ -216,8 +220,9 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
         out += _table(header, rows)
         out.append("")
     out.append(
-        "Ratios: times better than the plain-asyncio and Twisted-epoll rows (>1 is better; for latency, their "
-        "p50 RTT over this row's). ±: half the range over the repeats. ≥: the server had CPU to spare, so the "
+        "Ratios: times better than the plain-asyncio, Twisted-epoll and C reference (c-ref) rows of this run (>1 "
+        "is better; for latency, their p50 RTT over this row's; against c-ref, the share of C's figure). ±: half "
+        "the range over the repeats. ≥: the server had CPU to spare, so the "
         "figure is a lower bound set by the offered load. \"Per server CPU-s\": the rate divided by the CPU "
         "share the server got; \"server waited\": the share it spent runnable but waiting for a CPU (taken by "
         "other processes on a shared machine)."
@@ -231,12 +236,25 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
     out.append("")
     for line in notes.lines():
         out.append(f"- {line}")
+    generators: dict[str, list[str]] = {}
+    for load in loads:
+        used = sorted({c.generator for c in cells if c.workload == load.name and c.generator})
+        if used:
+            generators.setdefault(" and ".join(used), []).append(load.name)
+    if generators:
+        named = {"C": "C (udpio/bench/native/loadgen.c)", "Python": "Python (udpio.bench._generator)"}
+        out.append(
+            "- Load generators: "
+            + "; ".join(f"{', '.join(names)}: {named.get(kind, kind)}" for kind, names in generators.items())
+            + "."
+        )
     out.append(f"- Pinning: {pinning['note']}.")
     out.append(f"- Machine: {describe_machine(machine)}.")
     out.append(
         f"- Settings: duration {settings['duration']:g} s after {settings['warmup']:g} s warm-up, echo window "
         f"{settings['window'] or 'auto (' + ', '.join(f'{auto_window(z)} at {z} B' for z in settings['sizes']) + ')'}, "
-        f"{settings['members']} multicast members, {settings['repeat']} repeat(s)."
+        f"{settings['members']} multicast members, many-peer {settings.get('peers', PEERS)} client sockets x "
+        f"{settings.get('peer_window', PEER_WINDOW)} in flight, {settings['repeat']} repeat(s)."
     )
     return "\n".join(out) + "\n"
 
@@ -247,6 +265,8 @@ def _column_title(load: Workload) -> str:
         "throughput": "echo dgram/s",
         "sink": "flood received dgram/s",
         "multicast": "multicast dgram/s per member",
+        "many-peer": "many-peer echo dgram/s",
+        "request-response": "req/resp (1 in flight) /s",
     }.get(load.name, load.name)
 
 
@@ -272,7 +292,20 @@ def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) ->
         return rate(stat.median) + _spread(stat) if stat else ""
 
     rows = []
-    if load.name == "latency":
+    if load.native_client:
+        header = ["backend", "replies/s", "per server CPU-s", "p50 µs", "p90 µs", "p99 µs", "lost", "server CPU",
+                  "server waited", "client CPU", "bound by"]
+        for c in cells:
+            if c.status != "ok":
+                rows.append([c.backend, notes.mark(c)] + [""] * (len(header) - 2))
+                continue
+            rtts = [f"{med(c, k) or 0:.1f}" for k in ("rtt_p50_us", "rtt_p90_us", "rtt_p99_us")]
+            rows.append([
+                c.backend, fmt_rate(c, "replies_per_s"), fmt_rate(c, "replies_per_cpu_s"), *rtts,
+                _pct(med(c, "loss")), _pct(med(c, "server_cpu")), _pct(med(c, "server_wait")),
+                _pct(med(c, "generator_cpu")), c.limited_by,
+            ])
+    elif load.name == "latency":
         header = ["backend", "min µs", "p50 µs", "p99 µs", "max µs", "round trips", "lost"]
         for c in cells:
             if c.status != "ok":
@@ -351,6 +384,19 @@ def _source_revision() -> str | None:
     return head + ("-dirty" if dirty else "") if head else None
 
 
+def _compiler_version() -> str | None:
+    """The first line of ``cc --version`` (what built the C rows), or ``None`` without a compiler."""
+    command = compiler()
+    if command is None:
+        return None
+    try:
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.splitlines()
+    return lines[0].strip() if lines else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, kernel and the versions that matter, for the JSON file and the report (Twisted's version
     is read from its distribution metadata: the harness never imports Twisted)."""
@@ -364,7 +410,9 @@ def machine_info() -> dict[str, Any]:
         "udpio": __version__,
         "udpio_revision": _source_revision(),
         "uvloop": _version("uvloop"),
+        "rloop": _version("rloop"),
         "twisted": _version("twisted"),
+        "cc": _compiler_version(),
         "psutil": _version("psutil"),
         "udp_offloads": _udp_offloads(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -380,7 +428,8 @@ def describe_machine(machine: dict[str, Any]) -> str:
         f"{machine['cpu_model']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['kernel']}, "
         f"{machine['python']}, udpio {machine['udpio']}"
         + (f" (git {machine['udpio_revision']})" if machine.get("udpio_revision") else "")
-        + f", uvloop {machine['uvloop']}, Twisted {machine['twisted']}, "
+        + f", uvloop {machine['uvloop']}, rloop {machine.get('rloop')}, Twisted {machine['twisted']}, "
+        + f"C compiler: {machine.get('cc') or 'none'}, "
         f"UDP GSO {'yes' if offloads.get('gso') else 'no'} / GRO {'yes' if offloads.get('gro') else 'no'}"
         + (f", load average {load[0]:.2f} at start" if load else "")
         + (f", {machine['loadavg_end'][0]:.2f} at end" if machine.get("loadavg_end") else "")
@@ -399,6 +448,11 @@ _PANELS: tuple[tuple[str, str, str, float, str], ...] = (
     ("sink", "received_per_cpu_s", "flood sink: received per second of the server's own CPU time", 1e-3,
      "k dgram/CPU-s"),
     ("multicast", "per_member_per_s", "multicast fan-out: delivered per second per member", 1e-3, "k dgram/s"),
+    ("many-peer", "replies_per_s", "many-peer echo: replies per second (C client, many sockets)", 1e-3,
+     "k dgram/s"),
+    ("many-peer", "rtt_p99_us", "many-peer echo: p99 round trip", 1.0, "µs (lower is better)"),
+    ("request-response", "replies_per_s", "request/response, one in flight: round trips per second", 1e-3,
+     "k round trips/s"),
 )
 
 
