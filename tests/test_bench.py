@@ -85,6 +85,7 @@ def test_quick_json_has_every_backend_and_workload_with_real_figures(quick: dict
             assert 0 <= figures["loss"] < 1
             expected = (256, 4) if load == "many-peer" else (1, 1)
             assert (figures["sockets"], figures["in_flight"]) == expected
+            assert figures["in_flight_mean"] > 0
             assert cell["generator"] == "C"
     # The backends that need nothing beyond udpio's own dependencies always run.
     for back in ("udpio-asyncio", "udpio-asyncio-nogro", "asyncio", "raw"):

@@ -293,8 +293,8 @@ def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) ->
 
     rows = []
     if load.native_client:
-        header = ["backend", "replies/s", "per server CPU-s", "p50 µs", "p90 µs", "p99 µs", "lost", "server CPU",
-                  "server waited", "client CPU", "bound by"]
+        header = ["backend", "replies/s", "per server CPU-s", "p50 µs", "p90 µs", "p99 µs", "in flight", "lost",
+                  "server CPU", "server waited", "client CPU", "bound by"]
         for c in cells:
             if c.status != "ok":
                 rows.append([c.backend, notes.mark(c)] + [""] * (len(header) - 2))
@@ -302,8 +302,8 @@ def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) ->
             rtts = [f"{med(c, k) or 0:.1f}" for k in ("rtt_p50_us", "rtt_p90_us", "rtt_p99_us")]
             rows.append([
                 c.backend, fmt_rate(c, "replies_per_s"), fmt_rate(c, "replies_per_cpu_s"), *rtts,
-                _pct(med(c, "loss")), _pct(med(c, "server_cpu")), _pct(med(c, "server_wait")),
-                _pct(med(c, "generator_cpu")), c.limited_by,
+                f"{med(c, 'in_flight_mean') or 0:.0f}", _pct(med(c, "loss")), _pct(med(c, "server_cpu")),
+                _pct(med(c, "server_wait")), _pct(med(c, "generator_cpu")), c.limited_by,
             ])
     elif load.name == "latency":
         header = ["backend", "min µs", "p50 µs", "p99 µs", "max µs", "round trips", "lost"]

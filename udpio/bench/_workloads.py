@@ -264,6 +264,9 @@ def _closed_loop(result: Figures, snaps: Sequence[Figures], members: int) -> Fig
     if "rtt_p50_us" not in result:
         raise ValueError(f"no round-trip time measured ({result['replies']} replies, {result['lost']} lost)")
     out.update({k: result[k] for k in ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")})
+    # Little's law: what was really in flight on average. Below sockets x in_flight when requests were lost
+    # at the server's full queue (a socket runs one short until it falls silent and is refilled).
+    out["in_flight_mean"] = result["replies_per_s"] * result["rtt_mean_us"] / 1e6
     if _server_bound(load):
         out["limited_by"] = "server"
     elif result["generator_cpu"] + (result.get("generator_wait") or 0.0) >= SATURATED:

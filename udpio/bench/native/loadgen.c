@@ -11,7 +11,10 @@
  *   gives a round-trip time (kept in a log-linear histogram: < 0.8 % error, fixed memory). A socket that
  *   hears nothing for a stall timeout (16 mean round trips, at least STALL_MIN_NS) counts what it had in
  *   flight as lost, starts a new epoch (later replies of the old one are "late" and ignored) and sends K new
- *   requests: a server whose queue overflowed loses datagrams, the load does not shrink.
+ *   requests. K is the most a socket has in flight: a request dropped at the server's full receive queue
+ *   leaves its socket one short until the socket falls silent and is refilled, so a server that cannot keep
+ *   ~N*K datagrams queued (a default 208 KiB buffer holds 256 of 64 bytes) sees fewer in flight; the
+ *   harness reports the mean actually in flight (rate x mean round trip, Little's law) and the loss.
  * flood: one socket, datagrams as fast as the kernel takes them: UDP GSO (udp(7) UDP_SEGMENT) sends up to
  *   GSO_SEGMENTS equal datagrams per message and sendmmsg BURST messages per call; where GSO is refused,
  *   plain sendmmsg of BATCH datagrams per call.
@@ -114,6 +117,7 @@ static void window_fields(const struct window *w, char *out, size_t size) {
 struct histogram {
     uint64_t counts[BUCKETS];
     uint64_t total, min, max;
+    double sum;
 };
 
 static unsigned bucket_of(uint64_t v) {
@@ -135,6 +139,7 @@ static void histogram_add(struct histogram *h, uint64_t v) {
     if (h->total == 0 || v < h->min) h->min = v;
     if (v > h->max) h->max = v;
     h->total++;
+    h->sum += (double)v;
 }
 
 /* The value at quantile q as Python's sorted(values)[int(q * (n - 1))] would pick it (nearest rank below),
@@ -341,10 +346,11 @@ static int run_echo(int argc, char **argv) {
     if (s.rtts->total > 0)
         snprintf(rtt, sizeof rtt,
                  ", \"rtt_min_us\": %.3f, \"rtt_p50_us\": %.3f, \"rtt_p90_us\": %.3f, \"rtt_p99_us\": %.3f, "
-                 "\"rtt_max_us\": %.3f, \"rtt_samples\": %llu",
+                 "\"rtt_max_us\": %.3f, \"rtt_mean_us\": %.3f, \"rtt_samples\": %llu",
                  (double)s.rtts->min / 1e3, histogram_quantile(s.rtts, 0.50) / 1e3,
                  histogram_quantile(s.rtts, 0.90) / 1e3, histogram_quantile(s.rtts, 0.99) / 1e3,
-                 (double)s.rtts->max / 1e3, (unsigned long long)s.rtts->total);
+                 (double)s.rtts->max / 1e3, s.rtts->sum / (double)s.rtts->total / 1e3,
+                 (unsigned long long)s.rtts->total);
     emit("{\"event\": \"result\", \"replies\": %llu, \"replies_per_s\": %.3f, \"sent\": %llu, \"lost\": %llu, "
          "\"late\": %llu, \"sockets\": %d, \"inflight\": %d, \"send_errors\": %llu, \"recv_errors\": %llu, %s%s}",
          (unsigned long long)replies, elapsed > 0 ? (double)replies / elapsed : 0.0,
