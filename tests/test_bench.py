@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -31,8 +32,24 @@ needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler (cc) here, or n
 C_WORKLOADS = ("many-peer", "request-response")
 
 
+def _command(process: psutil.Process) -> str:
+    """Its command line, or "" for a process that just exited (a short-lived child such as
+    ``cc --version`` can be a zombie, or gone, by the time it is looked at)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _descendants_alive(pids: set[int]) -> list[int]:
-    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:  # gone between listing and looking: not alive
+            continue
+    return alive
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +268,34 @@ def test_load_generator_refuses_any_destination_but_ipv4_loopback(host: str) -> 
 
 
 @needs_cc
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", [["flood"], ["echo", "--sockets", "4", "--inflight", "1"]])
+def test_load_generator_stops_when_its_harness_vanishes(mode: list[str]) -> None:
+    """Given --parent-stdin (the harness always gives it), end-of-file on stdin ends a 60-second load at once:
+    a harness killed outright leaves no flood running behind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target:
+        target.bind(("127.0.0.1", 0))
+        loadgen = subprocess.Popen(
+            [str(_native.build("loadgen")), *mode, "--port", str(target.getsockname()[1]), "--warmup", "0",
+             "--duration", "60", "--parent-stdin", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert loadgen.stdout is not None and loadgen.stdin is not None
+            assert json.loads(loadgen.stdout.readline())["event"] == "measure-start"  # the load is on
+            loadgen.stdin.close()
+            assert loadgen.wait(timeout=10) == 1
+            assert loadgen.stdout.read() == ""  # no result: nobody is left to read it
+        finally:
+            if loadgen.poll() is None:
+                loadgen.kill()
+            loadgen.wait()
+            for pipe in (loadgen.stdin, loadgen.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+@needs_cc
 def test_build_is_cached_by_source_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Built once into the cache, then reused; an edited source gets a binary of its own."""
     monkeypatch.setenv(_native.CACHE_ENV, str(tmp_path / "cache"))
@@ -362,7 +407,7 @@ def test_ctrl_c_stops_every_child_and_reports_what_ran() -> None:
             found = me.children(recursive=True)
             children |= {p.pid for p in found}
             # The flood comes from the C load generator, or from the Python one where cc is missing.
-            generators = [p for p in found if any(m in " ".join(p.cmdline()) for m in ("_generator", "loadgen-"))]
+            generators = [p for p in found if any(m in _command(p) for m in ("_generator", "loadgen-"))]
             if generators and len(found) >= 2:
                 break
             time.sleep(0.05)

@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Backends: " + ", ".join(BACKEND_NAMES) + ". Workloads: " + ", ".join(WORKLOAD_NAMES) + ".",
     )
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="a few seconds per backend (what the tests run)")
+    preset.add_argument(
+        "--quick", action="store_true",
+        help="a few seconds per backend, a backend's workloads sharing its server (what the tests run)",
+    )
     preset.add_argument("--full", action="store_true", help="sizes 64,1200,8192 and 3 repeats (RESULTS.md)")
     parser.add_argument("--backends", type=_names(BACKEND_NAMES, "backend"), help="comma-separated (default all)")
     parser.add_argument("--workloads", type=_names(WORKLOAD_NAMES, "workload"), help="comma-separated (default all)")
@@ -153,6 +156,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         pin=not args.no_pin,
         peers=int(pick("peers")),
         peer_window=int(pick("peer_window")),
+        reuse_servers=bool(args.quick),
     )
 
 
@@ -228,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "window": settings.window,
         "repeat": settings.repeat,
         "members": settings.members,
+        "reuse_servers": settings.reuse_servers,
         "peers": settings.peers,
         "peer_window": settings.peer_window,
     }

@@ -273,6 +273,11 @@ class Settings:
     #: Many-peer echo: client sockets and requests in flight on each.
     peers: int = PEERS
     peer_window: int = PEER_WINDOW
+    #: Keep a server running across consecutive runs that need the same one (same backend and server
+    #: mode): the echo workloads of a backend then share one process. Only ``--quick`` does this, to keep the
+    #: smoke test short (interpreter start-up is most of a quick run's time); measured runs start a fresh
+    #: server each, so no run inherits another's state.
+    reuse_servers: bool = False
 
 
 def _rss(pid: int) -> int | None:
@@ -302,6 +307,8 @@ class Suite:
         self._capabilities: dict[str, Any] = {}
         self._unavailable: dict[tuple[str, str], str] = {}
         self._saved_affinity: set[int] | None = None
+        # With reuse_servers: the server kept from the previous run, its command line and its ready line.
+        self._kept: tuple[tuple[str, ...], Child, dict[str, Any]] | None = None
 
     def __enter__(self) -> Suite:
         if self.pinning.generator is not None:
@@ -311,15 +318,31 @@ class Suite:
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            self._close_generator()
+            try:
+                self._release_server()
+            finally:
+                self._close_generator()
         finally:
             if self._saved_affinity is not None:
                 os.sched_setaffinity(0, self._saved_affinity)
 
     def plan(self) -> list[tuple[int, Workload, int, Backend]]:
         """Every run, in order. Repeats interleave the backends, so a slow spell of a shared machine
-        spreads over all rows instead of hitting one."""
+        spreads over all rows instead of hitting one. With ``reuse_servers`` a backend's workloads run back
+        to back instead (so they can share its server)."""
         s = self.settings
+        if s.reuse_servers:
+            # Workloads that need the same server mode next to each other (a stable sort), so each mode
+            # starts one server per backend.
+            modes = [w.server for w in s.workloads]
+            loads = sorted(s.workloads, key=lambda w: modes.index(w.server))
+            return [
+                (size, load, rep, back)
+                for size in s.sizes
+                for rep in range(s.repeat)
+                for back in s.backends
+                for load in loads
+            ]
         return [
             (size, load, rep, back)
             for size in s.sizes
@@ -390,13 +413,14 @@ class Suite:
             argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
         if group is not None:
             argv += ["--group", group, "--members", str(s.members)]
-        server = Child(f"{back.name} server", argv, self.pinning.server)
+        # A multicast server is joined to this run's group: never shared.
+        server, ready = self._server(back, argv, s.reuse_servers and group is None)
+        kept = self._kept is not None and self._kept[1] is server
         try:
-            ready = server.expect(("ready", "unavailable"), STARTUP_TIMEOUT)
             if ready["event"] == "unavailable":
                 run.status, run.reason = "unavailable", str(ready.get("reason", "unavailable"))
                 return
-            run.server = {"ready": ready, "pid": server.pid, "rss_idle": _rss(server.pid)}
+            run.server = {"ready": ready, "pid": server.pid, "rss_idle": _rss(server.pid), "shared": kept}
             job = generator_job(
                 load, back, port=int(ready["port"]), size=size, warmup=s.warmup, duration=s.duration,
                 window=s.window, group=group, peers=s.peers, peer_window=s.peer_window,
@@ -406,7 +430,7 @@ class Suite:
             run.server["rss_peak"] = max(peak, run.server["rss_idle"] or 0)
             run.server["rss_after"] = _rss(server.pid)
             run.server["snaps"] = snaps
-            run.server["final"] = server.stop()
+            run.server["final"] = None if kept else server.stop()
             run.generator = result
             if len(snaps) != 2:
                 raise BenchError(f"expected 2 server snapshots, got {len(snaps)}")
@@ -414,6 +438,40 @@ class Suite:
             run.figures["generator"] = "C" if self._native_client(load) else "Python"
             run.figures["rss_idle_mb"] = (run.server["rss_idle"] or 0) / 2**20
             run.figures["rss_peak_mb"] = run.server["rss_peak"] / 2**20
+        except BaseException:
+            if kept:
+                self._release_server()  # a server that saw a failed run is not handed to the next one
+            raise
+        finally:
+            if not kept:
+                server.close()
+
+    def _server(self, back: Backend, argv: list[str], reusable: bool) -> tuple[Child, dict[str, Any]]:
+        """A server started with ``argv`` and its ``ready`` (or ``unavailable``) line: the kept one if it was
+        started with the same command and still runs, else a new one (kept for the next run if
+        ``reusable``). The caller closes a server that is not kept."""
+        if self._kept is not None and self._kept[0] == tuple(argv) and self._kept[1].alive():
+            return self._kept[1], self._kept[2]
+        self._release_server()
+        server = Child(f"{back.name} server", argv, self.pinning.server)
+        try:
+            ready = server.expect(("ready", "unavailable"), STARTUP_TIMEOUT)
+        except BaseException:
+            server.close()
+            raise
+        if reusable and ready["event"] == "ready":
+            self._kept = (tuple(argv), server, ready)
+        return server, ready
+
+    def _release_server(self) -> None:
+        """Stop and close the kept server, if any (its final line is not needed: each run took its own
+        snapshots)."""
+        if self._kept is None:
+            return
+        server, self._kept = self._kept[1], None
+        try:
+            with contextlib.suppress(BenchError):
+                server.stop()
         finally:
             server.close()
 

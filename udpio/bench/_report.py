@@ -21,7 +21,16 @@ from typing import Any
 from .. import __version__, _sockopts
 from ._harness import Run
 from ._native import compiler
-from ._workloads import PEER_WINDOW, PEERS, REFERENCES, WORKLOADS, Workload, auto_window, workload
+from ._workloads import (
+    CLOSED_LOOP_JOBS,
+    PEER_WINDOW,
+    PEERS,
+    REFERENCES,
+    WORKLOADS,
+    Workload,
+    auto_window,
+    workload,
+)
 
 #: Figures whose spread across repeats is shown next to the median.
 _NUMBER = (int, float)
@@ -254,7 +263,9 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
         f"- Settings: duration {settings['duration']:g} s after {settings['warmup']:g} s warm-up, echo window "
         f"{settings['window'] or 'auto (' + ', '.join(f'{auto_window(z)} at {z} B' for z in settings['sizes']) + ')'}, "
         f"{settings['members']} multicast members, many-peer {settings.get('peers', PEERS)} client sockets x "
-        f"{settings.get('peer_window', PEER_WINDOW)} in flight, {settings['repeat']} repeat(s)."
+        f"{settings.get('peer_window', PEER_WINDOW)} in flight, {settings['repeat']} repeat(s)"
+        + (", one server process per backend and server mode (--quick)" if settings.get("reuse_servers") else "")
+        + "."
     )
     return "\n".join(out) + "\n"
 
@@ -278,6 +289,10 @@ def _rss(index: dict[tuple[int, str, str], Cell], size: int, back: str, loads: S
     return f"{min(idle):.0f}→{max(peak):.0f}" if idle and peak else ""
 
 
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.0f}%"
 
@@ -292,17 +307,18 @@ def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) ->
         return rate(stat.median) + _spread(stat) if stat else ""
 
     rows = []
-    if load.native_client:
+    if load.job in CLOSED_LOOP_JOBS:
         header = ["backend", "replies/s", "per server CPU-s", "p50 µs", "p90 µs", "p99 µs", "in flight", "lost",
                   "server CPU", "server waited", "client CPU", "bound by"]
         for c in cells:
             if c.status != "ok":
                 rows.append([c.backend, notes.mark(c)] + [""] * (len(header) - 2))
                 continue
-            rtts = [f"{med(c, k) or 0:.1f}" for k in ("rtt_p50_us", "rtt_p90_us", "rtt_p99_us")]
+            # No round-trip times below 16-byte payloads (no room for the timestamp): blank, not zero.
+            rtts = [_fixed(med(c, k), 1) for k in ("rtt_p50_us", "rtt_p90_us", "rtt_p99_us")]
             rows.append([
                 c.backend, fmt_rate(c, "replies_per_s"), fmt_rate(c, "replies_per_cpu_s"), *rtts,
-                f"{med(c, 'in_flight_mean') or 0:.0f}", _pct(med(c, "loss")), _pct(med(c, "server_cpu")),
+                _fixed(med(c, "in_flight_mean"), 0), _pct(med(c, "loss")), _pct(med(c, "server_cpu")),
                 _pct(med(c, "server_wait")), _pct(med(c, "generator_cpu")), c.limited_by,
             ])
     elif load.name == "latency":

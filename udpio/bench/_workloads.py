@@ -261,12 +261,15 @@ def _closed_loop(result: Figures, snaps: Sequence[Figures], members: int) -> Fig
         "generator_wait": result.get("generator_wait"),
         **load,
     }
-    if "rtt_p50_us" not in result:
-        raise ValueError(f"no round-trip time measured ({result['replies']} replies, {result['lost']} lost)")
-    out.update({k: result[k] for k in ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")})
-    # Little's law: what was really in flight on average. Below sockets x in_flight when requests were lost
-    # at the server's full queue (a socket runs one short until it falls silent and is refilled).
-    out["in_flight_mean"] = result["replies_per_s"] * result["rtt_mean_us"] / 1e6
+    if not result["replies"]:
+        raise ValueError(f"no reply in the window ({result['lost']} lost)")
+    # Payloads under 16 bytes carry no timestamp (loadgen.c): a rate, but no round-trip times.
+    if "rtt_p50_us" in result:
+        keys = ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")
+        out.update({k: result[k] for k in keys})
+        # Little's law: what was really in flight on average. Below sockets x in_flight when requests were
+        # lost at the server's full queue (a socket runs one short until it falls silent and is refilled).
+        out["in_flight_mean"] = result["replies_per_s"] * result["rtt_mean_us"] / 1e6
     if _server_bound(load):
         out["limited_by"] = "server"
     elif result["generator_cpu"] + (result.get("generator_wait") or 0.0) >= SATURATED:
@@ -333,13 +336,21 @@ def generator_job(
     return job
 
 
+#: The generator jobs that are closed-loop echo from the C client (many-peer, request/response): they share
+#: one figures function and one details table.
+CLOSED_LOOP_JOBS = ("peers", "rr")
+
+
 def loadgen_args(job: Figures) -> list[str]:
     """The C load generator's command line (after the program's path) for a job of :func:`generator_job`."""
     common = [
         "--host", str(job["host"]), "--port", str(job["port"]), "--size", str(job["size"]),
         "--warmup", repr(float(job["warmup"])), "--duration", repr(float(job["duration"])),
+        # Exit at end-of-file on stdin, as every child of the harness does: a harness killed outright
+        # leaves no flood behind.
+        "--parent-stdin", "1",
     ]
-    if job["kind"] in ("peers", "rr"):
+    if job["kind"] in CLOSED_LOOP_JOBS:
         return ["echo", *common, "--sockets", str(job["sockets"]), "--inflight", str(job["inflight"])]
     if job["kind"] == "flood":
         return ["flood", *common]

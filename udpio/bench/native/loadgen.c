@@ -21,11 +21,14 @@
  *
  * Like the Python generator it prints JSON lines: "measure-start" and "measure-end" at the edges of the
  * measuring window (the harness snapshots the server then), then "result" with its figures and exits.
- * Destinations are restricted to 127.0.0.0/8 (common.h): nothing leaves the machine.
+ * With "--parent-stdin 1" (the harness passes it) it also exits when its stdin reaches end-of-file: the
+ * harness was killed outright, and no load may outlive it. Destinations are restricted to 127.0.0.0/8
+ * (common.h): nothing leaves the machine.
  */
 #include "common.h"
 
 #include <netinet/udp.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -56,6 +59,24 @@
 /* Echo: how often the sockets are scanned for stalls, and the longest epoll_wait (ms). */
 #define SCAN_NS 5000000ull
 #define WAIT_MS 2
+
+/* How often the flood looks at its stdin for the end-of-file of a vanished harness. */
+#define STDIN_CHECK_NS 10000000ull
+/* The epoll tag of stdin in the echo loop (socket indexes are below 4096). */
+#define STDIN_TAG UINT32_MAX
+
+/* The harness is gone when stdin (a pipe from it) reads end-of-file or fails: then exit at once, quietly
+ * (there is nobody to report to). Called when stdin is readable, or polled. */
+static void exit_if_orphaned(void) {
+    char scratch[256];
+    ssize_t n = read(STDIN_FILENO, scratch, sizeof scratch);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) exit(1);
+}
+
+static void poll_stdin(void) {
+    struct pollfd fd = {.fd = STDIN_FILENO, .events = POLLIN};
+    if (poll(&fd, 1, 0) > 0) exit_if_orphaned();
+}
 
 /* -- the measuring window ------------------------------------------------------------------------------ */
 
@@ -267,11 +288,11 @@ static void scan_stalls(struct echo_state *s, uint64_t now) {
 
 static int run_echo(int argc, char **argv) {
     const char *host = "127.0.0.1";
-    double port = 0, sockets = 256, inflight = 4, size = 64, warmup = 0.25, duration = 1.0;
+    double port = 0, sockets = 256, inflight = 4, size = 64, warmup = 0.25, duration = 1.0, parent = 0;
     const struct option_spec specs[] = {
         {"--port", &port, 1, 65535},         {"--sockets", &sockets, 1, 4096}, {"--inflight", &inflight, 1, 1024},
         {"--size", &size, 0, MAX_PAYLOAD},   {"--warmup", &warmup, 0, 3600},   {"--duration", &duration, 0.001, 3600},
-        {NULL, NULL, 0, 0},
+        {"--parent-stdin", &parent, 0, 1},   {NULL, NULL, 0, 0},
     };
     parse_options("loadgen echo", argc, argv, &host, specs);
     struct sockaddr_in server = loopback_address("loadgen echo", host, (int)port);
@@ -308,6 +329,10 @@ static int run_echo(int argc, char **argv) {
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) fail("epoll_ctl");
         s.peers[i].fd = fd;
     }
+    if (parent) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = STDIN_TAG};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, STDIN_FILENO, &ev) < 0) fail("epoll_ctl(stdin)");
+    }
 
     struct window w = {.duration = duration};
     uint64_t start = now_ns();
@@ -317,13 +342,19 @@ static int run_echo(int argc, char **argv) {
         s.peers[i].last = start;
         send_requests(&s, i, s.inflight, start);
     }
-    struct epoll_event *events = calloc((size_t)s.sockets, sizeof *events);
+    int capacity = s.sockets + 1;
+    struct epoll_event *events = calloc((size_t)capacity, sizeof *events);
     if (events == NULL) fail("calloc");
     uint64_t next_scan = start + SCAN_NS;
     while (w.phase < 2) {
-        int n = epoll_wait(ep, events, s.sockets, WAIT_MS);
+        int n = epoll_wait(ep, events, capacity, WAIT_MS);
         if (n < 0 && errno != EINTR) fail("epoll_wait");
-        for (int i = 0; i < n; i++) read_replies(&s, (int)events[i].data.u32);
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u32 == STDIN_TAG)
+                exit_if_orphaned();
+            else
+                read_replies(&s, (int)events[i].data.u32);
+        }
         uint64_t now = now_ns();
         if (now >= next_scan) {
             scan_stalls(&s, now);
@@ -366,11 +397,11 @@ static int run_echo(int argc, char **argv) {
 
 static int run_flood(int argc, char **argv) {
     const char *host = "127.0.0.1";
-    double port = 0, size = 64, warmup = 0.25, duration = 1.0;
+    double port = 0, size = 64, warmup = 0.25, duration = 1.0, parent = 0;
     const struct option_spec specs[] = {
         {"--port", &port, 1, 65535},     {"--size", &size, 0, MAX_PAYLOAD},
         {"--warmup", &warmup, 0, 3600},  {"--duration", &duration, 0.001, 3600},
-        {NULL, NULL, 0, 0},
+        {"--parent-stdin", &parent, 0, 1}, {NULL, NULL, 0, 0},
     };
     parse_options("loadgen flood", argc, argv, &host, specs);
     struct sockaddr_in server = loopback_address("loadgen flood", host, (int)port);
@@ -405,7 +436,7 @@ static int run_flood(int argc, char **argv) {
 
     struct window w = {.duration = duration};
     w.opens = now_ns() + (uint64_t)(warmup * 1e9);
-    uint64_t sent = 0, sent0 = 0, send_errors = 0, paced = 0;
+    uint64_t sent = 0, sent0 = 0, send_errors = 0, paced = 0, next_check = 0;
     while (w.phase < 2) {
         int k = sendmmsg(fd, msgs, (unsigned)messages, 0);
         if (k < 0) {
@@ -418,7 +449,12 @@ static int run_flood(int argc, char **argv) {
         } else {
             sent += (uint64_t)k * (uint64_t)segments;
         }
-        if (window_tick(&w, now_ns()) && w.phase == 1) sent0 = sent;
+        uint64_t now = now_ns();
+        if (window_tick(&w, now) && w.phase == 1) sent0 = sent;
+        if (parent && now >= next_check) {
+            poll_stdin();
+            next_check = now + STDIN_CHECK_NS;
+        }
     }
     char common[512];
     window_fields(&w, common, sizeof common);
