@@ -106,10 +106,13 @@ def _build(name: str) -> Path:
     target = cache_dir() / f"{name}-{_key(name, command)}"
     if os.access(target, os.X_OK):
         return target
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Compiled under a temporary name and renamed into place: a concurrent benchmark sees either no binary
     # or a whole one, never a half-written file.
-    fd, partial = tempfile.mkstemp(prefix=f".{name}-", dir=target.parent)
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{name}-", dir=target.parent)
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot write the build cache {target.parent} ({exc}); set ${CACHE_ENV}") from exc
     os.close(fd)
     try:
         argv = [*command, *CFLAGS, "-I", str(SOURCE_DIR), "-o", partial, str(SOURCE_DIR / PROGRAMS[name])]
