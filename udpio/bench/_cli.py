@@ -21,18 +21,40 @@ from typing import Any
 
 from ._harness import BenchError, Run, Settings, Suite
 from ._report import machine_info, plot, render, summarise
-from ._workloads import BACKEND_NAMES, BACKENDS, WORKLOAD_NAMES, WORKLOADS, backend, workload
+from ._workloads import (
+    BACKEND_NAMES,
+    BACKENDS,
+    PEER_WINDOW,
+    PEERS,
+    WORKLOAD_NAMES,
+    WORKLOADS,
+    backend,
+    workload,
+)
 
 #: Largest payload a size may ask for (the IPv4 UDP maximum).
 MAX_SIZE = 65507
+#: The C load generator's limits (``native/loadgen.c`` checks them too): client sockets (file descriptors)
+#: and requests in flight per socket.
+MAX_PEERS = 4096
+MAX_PEER_WINDOW = 1024
 
 #: The three suites. The default one takes about a minute on a 2-core machine; ``--quick`` a few seconds
 #: per backend (the tests run it); ``--full`` is what ``benchmarks/RESULTS.md`` records. Options given on
 #: the command line override the preset's values.
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"duration": 1.0, "warmup": 0.25, "size": (64,), "repeat": 1, "window": 0, "members": 4},
-    "quick": {"duration": 0.1, "warmup": 0.05, "size": (64,), "repeat": 1, "window": 0, "members": 2},
-    "full": {"duration": 1.0, "warmup": 0.3, "size": (64, 1200, 8192), "repeat": 3, "window": 0, "members": 4},
+    "default": {
+        "duration": 1.0, "warmup": 0.25, "size": (64,), "repeat": 1, "window": 0, "members": 4,
+        "peers": PEERS, "peer_window": PEER_WINDOW,
+    },
+    "quick": {
+        "duration": 0.1, "warmup": 0.05, "size": (64,), "repeat": 1, "window": 0, "members": 2,
+        "peers": PEERS, "peer_window": PEER_WINDOW,
+    },
+    "full": {
+        "duration": 1.0, "warmup": 0.3, "size": (64, 1200, 8192), "repeat": 3, "window": 0, "members": 4,
+        "peers": PEERS, "peer_window": PEER_WINDOW,
+    },
 }
 
 
@@ -49,12 +71,14 @@ def _names(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]
     return parse
 
 
-def _number(kind: Callable[[str], float], low: float, what: str) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], float], low: float, what: str, high: float | None = None) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be in {low:g}..{high:g}, got {text!r}")
         if not value >= low:
             raise argparse.ArgumentTypeError(f"{what} must be >= {low:g}, got {text!r}")
         return value
@@ -77,12 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m udpio.bench``."""
     parser = argparse.ArgumentParser(
         prog="python -m udpio.bench",
-        description="Side-by-side UDP benchmark: udpio against plain asyncio, uvloop, Twisted and a blocking "
-        "loop, each server in its own process, driven by a GSO load generator in another.",
+        description="Side-by-side UDP benchmark: udpio against plain asyncio, uvloop, rloop, Twisted, a blocking "
+        "loop and a C reference server, each server in its own process, driven by a load generator in another "
+        "(Python with GSO, or C for the many-peer, request/response and flood workloads).",
         epilog="Backends: " + ", ".join(BACKEND_NAMES) + ". Workloads: " + ", ".join(WORKLOAD_NAMES) + ".",
     )
     preset = parser.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="a few seconds per backend (what the tests run)")
+    preset.add_argument(
+        "--quick", action="store_true",
+        help="a few seconds per backend, a backend's workloads sharing its server (what the tests run)",
+    )
     preset.add_argument("--full", action="store_true", help="sizes 64,1200,8192 and 3 repeats (RESULTS.md)")
     parser.add_argument("--backends", type=_names(BACKEND_NAMES, "backend"), help="comma-separated (default all)")
     parser.add_argument("--workloads", type=_names(WORKLOAD_NAMES, "workload"), help="comma-separated (default all)")
@@ -95,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repeat", type=_number(int, 1, "--repeat"), help="runs per cell: median and spread")
     parser.add_argument("--members", type=_number(int, 1, "--members"), help="multicast: member sockets")
+    parser.add_argument(
+        "--peers", type=_number(int, 1, "--peers", MAX_PEERS), help=f"many-peer: client sockets (default {PEERS})"
+    )
+    parser.add_argument(
+        "--peer-window", type=_number(int, 1, "--peer-window", MAX_PEER_WINDOW),
+        help=f"many-peer: requests in flight per client socket (default {PEER_WINDOW})",
+    )
     parser.add_argument("--json", metavar="PATH", help="write every raw figure and the machine description")
     parser.add_argument("--plot", metavar="PATH.png", help="bar chart per workload (needs matplotlib)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and generator to cores")
@@ -119,6 +154,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         repeat=int(pick("repeat")),
         members=int(pick("members")),
         pin=not args.no_pin,
+        peers=int(pick("peers")),
+        peer_window=int(pick("peer_window")),
+        reuse_servers=bool(args.quick),
     )
 
 
@@ -194,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "window": settings.window,
         "repeat": settings.repeat,
         "members": settings.members,
+        "reuse_servers": settings.reuse_servers,
+        "peers": settings.peers,
+        "peer_window": settings.peer_window,
     }
     print(render(cells, machine, settings_dict, pinning), end="")
     command = "python -m udpio.bench" + "".join(" " + shlex.quote(a) for a in argv)

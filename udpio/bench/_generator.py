@@ -1,4 +1,8 @@
-"""The load generator: its own process (``python -m udpio.bench._generator``), driven by the harness.
+"""The Python load generator: its own process (``python -m udpio.bench._generator``), driven by the harness.
+
+(The many-peer and request/response workloads, and the flood where a C compiler exists, are driven by the C
+load generator instead, ``native/loadgen.c``. Side by side on a loaded machine it offered about 1.6x this
+flood to servers without GRO and 6-7x to a GRO server: see ``benchmarks/RESULTS.md``.)
 
 It reads one JSON job per line on stdin and answers on stdout with JSON lines: ``measure-start`` and
 ``measure-end`` when its measuring window opens and closes (the harness snapshots the server's counters at

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ._workloads import Backend, Figures, Workload, generator_job
+from . import _native
+from ._workloads import PEER_WINDOW, PEERS, Backend, Figures, Workload, generator_job, loadgen_args
 
 #: A server has this long to bind and say ``ready`` (Twisted's imports on a loaded 2-core machine).
 STARTUP_TIMEOUT = 30.0
@@ -46,31 +47,27 @@ class BenchError(Exception):
 
 
 def servers_dir() -> Path:
-    """Where the server scripts are.
+    """Where the server scripts are: ``udpio/bench/servers/``, next to this module in any install (they
+    are an ordinary subpackage, so a regular ``pip install`` ships them as it ships this file)."""
+    scripts = Path(__file__).resolve().parent / "servers"
+    if not (scripts / "_common.py").is_file():
+        raise BenchError(f"the benchmark server scripts are missing from {scripts}; reinstall udpio")
+    return scripts
 
-    They live in the repository's ``benchmarks/servers/`` (small scripts a reader can run by hand, as the
-    issue asks), and ``pyproject.toml`` maps that directory to the package ``udpio.bench.servers``, so a
-    regular (non-editable) ``pip install`` ships them inside ``udpio/bench/servers/``. Found through the
-    import system first (any install), then next to the source tree (an editable install made before the
-    mapping existed).
-    """
-    spec = importlib.util.find_spec("udpio.bench.servers")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / "_common.py").is_file():
-                return Path(location)
-    source = Path(__file__).resolve().parents[2] / "benchmarks" / "servers"
-    if (source / "_common.py").is_file():
-        return source
-    raise BenchError("the benchmark server scripts are missing (udpio.bench.servers); reinstall udpio")
+
+#: Optional modules that come with ``udpio[bench]`` (the others are named as they are installed).
+_BENCH_EXTRA = ("twisted", "rloop")
 
 
 def missing_requirement(back: Backend) -> str | None:
-    """Why ``back`` cannot run here (a module it needs is not installed), or ``None``."""
+    """Why ``back`` cannot run here (a module it needs is not installed, or its C server cannot be
+    compiled), or ``None``."""
     for module in back.requires:
         if importlib.util.find_spec(module) is None:
-            extra = "udpio[bench]" if module == "twisted" else module
+            extra = "udpio[bench]" if module in _BENCH_EXTRA else module
             return f"{module} is not installed (pip install '{extra}')"
+    if back.native:
+        return _native.unavailable(back.script)
     return None
 
 
@@ -118,6 +115,7 @@ class Child:
         # Lives as long as the child (quoted when it fails), closed in close(): no ``with`` block fits.
         self._stderr: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._events: queue.Queue[Any] = queue.Queue()
+        self._reported = False  # its final line came: see close()
         try:
             self.process = subprocess.Popen(
                 list(argv),
@@ -209,19 +207,24 @@ class Child:
     def stop(self) -> dict[str, Any]:
         """Ask the child to stop and return its ``final`` line."""
         self.send("stop")
-        return self.expect(("final",), REPLY_TIMEOUT)
+        final = self.expect(("final",), REPLY_TIMEOUT)
+        self._reported = True
+        return final
 
     def close(self) -> None:
-        """End the child: closed stdin (it stops by itself), then SIGTERM, then SIGKILL to its group."""
+        """End the child: closed stdin (it stops by itself), then SIGTERM, then SIGKILL to its group. A child
+        that has already sent its ``final`` line (its sockets are closed, its figures are in) is killed at
+        once: waiting for an interpreter's teardown (0.1-0.3 s, more for Twisted) measures nothing and, run
+        after run, was a large part of the suite's time."""
         process = self.process
         try:
             if process.stdin is not None:
                 with contextlib.suppress(OSError):
                     process.stdin.close()
             try:
-                process.wait(timeout=0.5)
+                process.wait(timeout=0.0 if self._reported else 0.5)
             except subprocess.TimeoutExpired:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
+                for sig in (signal.SIGKILL,) if self._reported else (signal.SIGTERM, signal.SIGKILL):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(process.pid, sig)
                     try:
@@ -267,6 +270,14 @@ class Settings:
     repeat: int
     members: int
     pin: bool = True
+    #: Many-peer echo: client sockets and requests in flight on each.
+    peers: int = PEERS
+    peer_window: int = PEER_WINDOW
+    #: Keep a server running across consecutive runs that need the same one (same backend and server
+    #: mode): the echo workloads of a backend then share one process. Only ``--quick`` does this, to keep the
+    #: smoke test short (interpreter start-up is most of a quick run's time); measured runs start a fresh
+    #: server each, so no run inherits another's state.
+    reuse_servers: bool = False
 
 
 def _rss(pid: int) -> int | None:
@@ -296,6 +307,8 @@ class Suite:
         self._capabilities: dict[str, Any] = {}
         self._unavailable: dict[tuple[str, str], str] = {}
         self._saved_affinity: set[int] | None = None
+        # With reuse_servers: the server kept from the previous run, its command line and its ready line.
+        self._kept: tuple[tuple[str, ...], Child, dict[str, Any]] | None = None
 
     def __enter__(self) -> Suite:
         if self.pinning.generator is not None:
@@ -305,15 +318,31 @@ class Suite:
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            self._close_generator()
+            try:
+                self._release_server()
+            finally:
+                self._close_generator()
         finally:
             if self._saved_affinity is not None:
                 os.sched_setaffinity(0, self._saved_affinity)
 
     def plan(self) -> list[tuple[int, Workload, int, Backend]]:
         """Every run, in order. Repeats interleave the backends, so a slow spell of a shared machine
-        spreads over all rows instead of hitting one."""
+        spreads over all rows instead of hitting one. With ``reuse_servers`` a backend's workloads run back
+        to back instead (so they can share its server)."""
         s = self.settings
+        if s.reuse_servers:
+            # Workloads that need the same server mode next to each other (a stable sort), so each mode
+            # starts one server per backend.
+            modes = [w.server for w in s.workloads]
+            loads = sorted(s.workloads, key=lambda w: modes.index(w.server))
+            return [
+                (size, load, rep, back)
+                for size in s.sizes
+                for rep in range(s.repeat)
+                for back in s.backends
+                for load in loads
+            ]
         return [
             (size, load, rep, back)
             for size in s.sizes
@@ -350,7 +379,9 @@ class Suite:
         """Start the server, drive it with the generator, collect figures; never raises for a failed run."""
         run = Run(back.name, load.name, size, rep, "ok")
         reason = missing_requirement(back) or self._unavailable.get((back.name, load.name))
-        if reason is None:
+        if reason is None and load.native_client and not load.python_fallback:
+            reason = _native.unavailable("loadgen")
+        elif reason is None and not self._native_client(load):
             try:
                 self.generator()
             except BenchError as exc:
@@ -376,35 +407,94 @@ class Suite:
     def _measure(self, run: Run, back: Backend, load: Workload, size: int) -> None:
         s = self.settings
         group = _random_group() if load.name == "multicast" else None
-        argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
+        if back.native:
+            argv = [str(_native.build(back.script)), "--workload", load.server, *back.args]
+        else:
+            argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
         if group is not None:
             argv += ["--group", group, "--members", str(s.members)]
-        server = Child(f"{back.name} server", argv, self.pinning.server)
+        # A multicast server is joined to this run's group: never shared.
+        server, ready = self._server(back, argv, s.reuse_servers and group is None)
+        kept = self._kept is not None and self._kept[1] is server
         try:
-            ready = server.expect(("ready", "unavailable"), STARTUP_TIMEOUT)
             if ready["event"] == "unavailable":
                 run.status, run.reason = "unavailable", str(ready.get("reason", "unavailable"))
                 return
-            run.server = {"ready": ready, "pid": server.pid, "rss_idle": _rss(server.pid)}
-            generator = self.generator()
+            run.server = {"ready": ready, "pid": server.pid, "rss_idle": _rss(server.pid), "shared": kept}
             job = generator_job(
                 load, back, port=int(ready["port"]), size=size, warmup=s.warmup, duration=s.duration,
-                window=s.window, group=group,
+                window=s.window, group=group, peers=s.peers, peer_window=s.peer_window,
             )
-            generator.send(json.dumps(job))
-            snaps, result, peak = self._drive(server, generator, s.warmup + s.duration + JOB_SLACK)
+            with self._job(load, job) as generator:
+                snaps, result, peak = self._drive(server, generator, s.warmup + s.duration + JOB_SLACK)
             run.server["rss_peak"] = max(peak, run.server["rss_idle"] or 0)
             run.server["rss_after"] = _rss(server.pid)
             run.server["snaps"] = snaps
-            run.server["final"] = server.stop()
+            run.server["final"] = None if kept else server.stop()
             run.generator = result
             if len(snaps) != 2:
                 raise BenchError(f"expected 2 server snapshots, got {len(snaps)}")
             run.figures = load.figures(result, snaps, s.members)
+            run.figures["generator"] = "C" if self._native_client(load) else "Python"
             run.figures["rss_idle_mb"] = (run.server["rss_idle"] or 0) / 2**20
             run.figures["rss_peak_mb"] = run.server["rss_peak"] / 2**20
+        except BaseException:
+            if kept:
+                self._release_server()  # a server that saw a failed run is not handed to the next one
+            raise
+        finally:
+            if not kept:
+                server.close()
+
+    def _server(self, back: Backend, argv: list[str], reusable: bool) -> tuple[Child, dict[str, Any]]:
+        """A server started with ``argv`` and its ``ready`` (or ``unavailable``) line: the kept one if it was
+        started with the same command and still runs, else a new one (kept for the next run if
+        ``reusable``). The caller closes a server that is not kept."""
+        if self._kept is not None and self._kept[0] == tuple(argv) and self._kept[1].alive():
+            return self._kept[1], self._kept[2]
+        self._release_server()
+        server = Child(f"{back.name} server", argv, self.pinning.server)
+        try:
+            ready = server.expect(("ready", "unavailable"), STARTUP_TIMEOUT)
+        except BaseException:
+            server.close()
+            raise
+        if reusable and ready["event"] == "ready":
+            self._kept = (tuple(argv), server, ready)
+        return server, ready
+
+    def _release_server(self) -> None:
+        """Stop and close the kept server, if any (its final line is not needed: each run took its own
+        snapshots)."""
+        if self._kept is None:
+            return
+        server, self._kept = self._kept[1], None
+        try:
+            with contextlib.suppress(BenchError):
+                server.stop()
         finally:
             server.close()
+
+    @staticmethod
+    def _native_client(load: Workload) -> bool:
+        """Whether the C load generator runs ``load``'s job (else the Python generator does)."""
+        return load.native_client and (not load.python_fallback or _native.unavailable("loadgen") is None)
+
+    @contextlib.contextmanager
+    def _job(self, load: Workload, job: Figures) -> Iterator[Child]:
+        """Start ``job`` on the generator it needs: the long-lived Python one, or a C load generator of its
+        own (one process per run, ended when the run is)."""
+        if not self._native_client(load):
+            generator = self.generator()
+            generator.send(json.dumps(job))
+            yield generator
+            return
+        argv = [str(_native.build("loadgen")), *loadgen_args(job)]
+        loadgen = Child("C load generator", argv, self.pinning.generator)
+        try:
+            yield loadgen
+        finally:
+            loadgen.close()
 
     def _drive(self, server: Child, generator: Child, timeout: float) -> tuple[list[Figures], Figures, int]:
         """Follow the generator's job: snapshot the server at the window's edges, sample its RSS."""

@@ -21,7 +21,17 @@ from typing import Any
 from .. import __version__, _sockopts
 from .._io_core import IO_CORE
 from ._harness import Run
-from ._workloads import REFERENCES, WORKLOADS, Workload, auto_window, workload
+from ._native import compiler
+from ._workloads import (
+    CLOSED_LOOP_JOBS,
+    PEER_WINDOW,
+    PEERS,
+    REFERENCES,
+    WORKLOADS,
+    Workload,
+    auto_window,
+    workload,
+)
 
 #: Figures whose spread across repeats is shown next to the median.
 _NUMBER = (int, float)
@@ -58,6 +68,7 @@ class Cell:
     reason: str = ""
     stats: dict[str, Stat] = dataclasses.field(default_factory=dict)
     limited_by: str = ""
+    generator: str = ""  # which load generator ran it: "C" or "Python"
     runs: int = 0
 
     def headline(self) -> Stat | None:
@@ -66,7 +77,7 @@ class Cell:
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "workload": self.workload, "size": self.size, "status": self.status,
-            "reason": self.reason, "runs": self.runs, "limited_by": self.limited_by,
+            "reason": self.reason, "runs": self.runs, "limited_by": self.limited_by, "generator": self.generator,
             "figures": {k: v.as_dict() for k, v in self.stats.items()},
         }
 
@@ -95,6 +106,8 @@ def summarise(runs: Iterable[Run]) -> list[Cell]:
                     values[key].append(float(value))
             if "limited_by" in r.figures:
                 bounds[str(r.figures["limited_by"])] += 1
+            if "generator" in r.figures:
+                cell.generator = str(r.figures["generator"])
         cell.stats = {k: Stat(statistics.median(v), min(v), max(v), tuple(v)) for k, v in values.items()}
         if bounds:
             cell.limited_by = bounds.most_common(1)[0][0]
@@ -203,7 +216,7 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
         out.append("")
         header = ["backend"]
         for load in loads:
-            header += [_column_title(load), "x asyncio / x twisted-epoll"]
+            header += [_column_title(load), " / ".join(f"x {r}" for r in REFERENCES)]
         header.append("server RSS MB idle→peak")
         rows = []
         for back in backends:
@@ -217,8 +230,9 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
         out += _table(header, rows)
         out.append("")
     out.append(
-        "Ratios: times better than the plain-asyncio and Twisted-epoll rows (>1 is better; for latency, their "
-        "p50 RTT over this row's). ±: half the range over the repeats. ≥: the server had CPU to spare, so the "
+        "Ratios: times better than the plain-asyncio, Twisted-epoll and C reference (c-ref) rows of this run (>1 "
+        "is better; for latency, their p50 RTT over this row's; against c-ref, the share of C's figure). ±: half "
+        "the range over the repeats. ≥: the server had CPU to spare, so the "
         "figure is a lower bound set by the offered load. \"Per server CPU-s\": the rate divided by the CPU "
         "share the server got; \"server waited\": the share it spent runnable but waiting for a CPU (taken by "
         "other processes on a shared machine)."
@@ -232,12 +246,27 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
     out.append("")
     for line in notes.lines():
         out.append(f"- {line}")
+    generators: dict[str, list[str]] = {}
+    for load in loads:
+        used = sorted({c.generator for c in cells if c.workload == load.name and c.generator})
+        if used:
+            generators.setdefault(" and ".join(used), []).append(load.name)
+    if generators:
+        named = {"C": "C (udpio/bench/native/loadgen.c)", "Python": "Python (udpio.bench._generator)"}
+        out.append(
+            "- Load generators: "
+            + "; ".join(f"{', '.join(names)}: {named.get(kind, kind)}" for kind, names in generators.items())
+            + "."
+        )
     out.append(f"- Pinning: {pinning['note']}.")
     out.append(f"- Machine: {describe_machine(machine)}.")
     out.append(
         f"- Settings: duration {settings['duration']:g} s after {settings['warmup']:g} s warm-up, echo window "
         f"{settings['window'] or 'auto (' + ', '.join(f'{auto_window(z)} at {z} B' for z in settings['sizes']) + ')'}, "
-        f"{settings['members']} multicast members, {settings['repeat']} repeat(s)."
+        f"{settings['members']} multicast members, many-peer {settings.get('peers', PEERS)} client sockets x "
+        f"{settings.get('peer_window', PEER_WINDOW)} in flight, {settings['repeat']} repeat(s)"
+        + (", one server process per backend and server mode (--quick)" if settings.get("reuse_servers") else "")
+        + "."
     )
     return "\n".join(out) + "\n"
 
@@ -248,6 +277,8 @@ def _column_title(load: Workload) -> str:
         "throughput": "echo dgram/s",
         "sink": "flood received dgram/s",
         "multicast": "multicast dgram/s per member",
+        "many-peer": "many-peer echo dgram/s",
+        "request-response": "req/resp (1 in flight) /s",
     }.get(load.name, load.name)
 
 
@@ -257,6 +288,10 @@ def _rss(index: dict[tuple[int, str, str], Cell], size: int, back: str, loads: S
     idle = [c.stats["rss_idle_mb"].low for c in cells]
     peak = [c.stats["rss_peak_mb"].high for c in cells if "rss_peak_mb" in c.stats]
     return f"{min(idle):.0f}→{max(peak):.0f}" if idle and peak else ""
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def _pct(value: float | None) -> str:
@@ -273,7 +308,21 @@ def _details(load: Workload, size: int, cells: Sequence[Cell], notes: _Notes) ->
         return rate(stat.median) + _spread(stat) if stat else ""
 
     rows = []
-    if load.name == "latency":
+    if load.job in CLOSED_LOOP_JOBS:
+        header = ["backend", "replies/s", "per server CPU-s", "p50 µs", "p90 µs", "p99 µs", "in flight", "lost",
+                  "server CPU", "server waited", "client CPU", "bound by"]
+        for c in cells:
+            if c.status != "ok":
+                rows.append([c.backend, notes.mark(c)] + [""] * (len(header) - 2))
+                continue
+            # No round-trip times below 16-byte payloads (no room for the timestamp): blank, not zero.
+            rtts = [_fixed(med(c, k), 1) for k in ("rtt_p50_us", "rtt_p90_us", "rtt_p99_us")]
+            rows.append([
+                c.backend, fmt_rate(c, "replies_per_s"), fmt_rate(c, "replies_per_cpu_s"), *rtts,
+                _fixed(med(c, "in_flight_mean"), 0), _pct(med(c, "loss")), _pct(med(c, "server_cpu")),
+                _pct(med(c, "server_wait")), _pct(med(c, "generator_cpu")), c.limited_by,
+            ])
+    elif load.name == "latency":
         header = ["backend", "min µs", "p50 µs", "p99 µs", "max µs", "round trips", "lost"]
         for c in cells:
             if c.status != "ok":
@@ -352,6 +401,19 @@ def _source_revision() -> str | None:
     return head + ("-dirty" if dirty else "") if head else None
 
 
+def _compiler_version() -> str | None:
+    """The first line of ``cc --version`` (what built the C rows), or ``None`` without a compiler."""
+    command = compiler()
+    if command is None:
+        return None
+    try:
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.splitlines()
+    return lines[0].strip() if lines else None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, kernel and the versions that matter, for the JSON file and the report (Twisted's version
     is read from its distribution metadata: the harness never imports Twisted)."""
@@ -366,7 +428,9 @@ def machine_info() -> dict[str, Any]:
         "udpio_revision": _source_revision(),
         "io_core": IO_CORE,  # "compiled" or "python" (UDPIO_NO_EXTENSIONS), inherited by the servers run
         "uvloop": _version("uvloop"),
+        "rloop": _version("rloop"),
         "twisted": _version("twisted"),
+        "cc": _compiler_version(),
         "psutil": _version("psutil"),
         "udp_offloads": _udp_offloads(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -383,7 +447,8 @@ def describe_machine(machine: dict[str, Any]) -> str:
         f"{machine['python']}, udpio {machine['udpio']}"
         + (f" (git {machine['udpio_revision']})" if machine.get("udpio_revision") else "")
         + (f", {machine['io_core']} I/O core" if machine.get("io_core") else "")
-        + f", uvloop {machine['uvloop']}, Twisted {machine['twisted']}, "
+        + f", uvloop {machine['uvloop']}, rloop {machine.get('rloop')}, Twisted {machine['twisted']}, "
+        + f"C compiler: {machine.get('cc') or 'none'}, "
         f"UDP GSO {'yes' if offloads.get('gso') else 'no'} / GRO {'yes' if offloads.get('gro') else 'no'}"
         + (f", load average {load[0]:.2f} at start" if load else "")
         + (f", {machine['loadavg_end'][0]:.2f} at end" if machine.get("loadavg_end") else "")
@@ -397,11 +462,18 @@ def describe_machine(machine: dict[str, Any]) -> str:
 _PANELS: tuple[tuple[str, str, str, float, str], ...] = (
     ("latency", "rtt_p50_us", "echo latency: p50 round trip, one datagram in flight", 1.0, "µs (lower is better)"),
     ("throughput", "echoed_per_s", "echo throughput: replies per second, a window in flight", 1e-3, "k dgram/s"),
-    ("sink", "received_per_s", "flood sink: received per second (ticks: offered by the generator)", 1e-3,
+    ("sink", "received_per_s", "flood sink: received per second (ticks: offered; ▲: offered, off the scale)", 1e-3,
      "k dgram/s"),
     ("sink", "received_per_cpu_s", "flood sink: received per second of the server's own CPU time", 1e-3,
      "k dgram/CPU-s"),
     ("multicast", "per_member_per_s", "multicast fan-out: delivered per second per member", 1e-3, "k dgram/s"),
+    ("many-peer", "replies_per_s", "many-peer echo: replies per second (C client, many sockets)", 1e-3,
+     "k dgram/s"),
+    ("many-peer", "replies_per_cpu_s", "many-peer echo: replies per second of the server's own CPU time", 1e-3,
+     "k dgram/CPU-s"),
+    ("many-peer", "rtt_p99_us", "many-peer echo: p99 round trip", 1.0, "µs (lower is better)"),
+    ("request-response", "replies_per_s", "request/response, one in flight: round trips per second", 1e-3,
+     "k round trips/s"),
 )
 
 
@@ -424,6 +496,8 @@ def plot(cells: Sequence[Cell], path: str, title: str) -> None:
     )
     width = 0.8 / max(1, len(sizes))
     for ax, (load, key, panel_title, scale, unit) in zip(axes[:, 0], panels, strict=False):
+        tallest = 0.0  # the highest bar with its whisker: offered-load ticks far above it are clipped
+        offered_all: list[tuple[float, float]] = []
         for j, size in enumerate(sizes):
             xs, heights, low, high, offered = [], [], [], [], []
             for i, back in enumerate(backends):
@@ -444,9 +518,18 @@ def plot(cells: Sequence[Cell], path: str, title: str) -> None:
                 if key == "received_per_s" and "offered_per_s" in cell.stats:
                     offered.append((x, cell.stats["offered_per_s"].median * scale))
             ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=f"{size} B", color=f"C{j}")
-            if offered:
-                ax.scatter([o[0] for o in offered], [o[1] for o in offered], marker="_", s=120, color="black",
-                           zorder=3)
+            tallest = max([tallest, *(h + e for h, e in zip(heights, high, strict=True))])
+            offered_all += offered
+        if offered_all:
+            # The C flooder offers a GRO server several times what the others take: ticks beyond twice the
+            # tallest bar are drawn at the top as arrows, so the received bars stay readable.
+            top = tallest * 2 if tallest else max(o[1] for o in offered_all)
+            inside = [o for o in offered_all if o[1] <= top]
+            above = [o for o in offered_all if o[1] > top]
+            ax.scatter([o[0] for o in inside], [o[1] for o in inside], marker="_", s=120, color="black", zorder=3)
+            if above:
+                ax.scatter([o[0] for o in above], [top] * len(above), marker="^", s=30, color="black", zorder=3)
+                ax.set_ylim(0, top * 1.05)
         ax.set_title(panel_title, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
         ax.set_xlim(-0.6, len(backends) - 0.4)

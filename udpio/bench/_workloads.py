@@ -19,6 +19,10 @@ LOSSY = 0.01
 #: costs its payload plus ~700 bytes of kernel overhead there) at 8192-byte payloads.
 AUTO_WINDOW_DATAGRAMS = 128
 AUTO_WINDOW_BYTES = 64 * 1024
+#: Many-peer echo defaults (issue 11): client sockets on distinct ports, and requests in flight on each.
+#: 256 x 4 keeps about a thousand datagrams in flight from peers the kernel will never coalesce.
+PEERS = 256
+PEER_WINDOW = 4
 
 Figures = dict[str, Any]
 
@@ -30,7 +34,8 @@ def auto_window(size: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    """One row of the table: a server script in ``benchmarks/servers`` and its arguments."""
+    """One row of the table: a server script in ``udpio/bench/servers/`` and its arguments, or (``native``)
+    one of the C programs of ``udpio/bench/native/``, compiled at first use."""
 
     name: str
     script: str
@@ -41,6 +46,8 @@ class Backend:
     requires: tuple[str, ...] = ()
     #: The server receives with UDP GRO; the echo client then does the same, so GSO replies stay whole.
     gro: bool = False
+    #: ``script`` names a C program (a key of ``_native.PROGRAMS``), not a Python script.
+    native: bool = False
 
 
 BACKENDS: tuple[Backend, ...] = (
@@ -69,6 +76,20 @@ BACKENDS: tuple[Backend, ...] = (
         "plain create_datagram_endpoint + minimal protocol on uvloop's native UDP transport", ("uvloop",),
     ),
     Backend(
+        "rloop", "asyncio_server.py", ("--loop", "rloop"),
+        "plain create_datagram_endpoint + minimal protocol on rloop's own UDP transport (Rust event loop)",
+        ("rloop",),
+    ),
+    Backend(
+        "udpio-rloop", "udpio_server.py", ("--loop", "rloop", "--gro"),
+        "udpio on rloop (its transport uses add_reader), fastest path: batch hook, GRO, GSO echo replies",
+        ("rloop",), gro=True,
+    ),
+    Backend(
+        "udpio-rloop-nogro", "udpio_server.py", ("--loop", "rloop"),
+        "udpio on rloop, batch hook, one sendto per reply (like for like with the peers)", ("rloop",),
+    ),
+    Backend(
         "twisted-epoll", "twisted_server.py", ("--reactor", "epoll"),
         "Twisted DatagramProtocol on the default epoll reactor (reference row)", ("twisted",),
     ),
@@ -81,10 +102,16 @@ BACKENDS: tuple[Backend, ...] = (
         "the same Twisted code on udpio's drop-in reactor (udpio.compat.install(): uvloop by default)", ("twisted",),
     ),
     Backend("raw", "raw_server.py", (), "a blocking-socket loop in plain Python: the no-framework floor"),
+    Backend(
+        "c-ref", "refserver", (),
+        "C reference server: blocking recvmmsg + sendmmsg, 64 per call, no interpreter (the limit; echo and "
+        "sink only; compiled with cc at first use)", native=True,
+    ),
 )
 BACKEND_NAMES = tuple(b.name for b in BACKENDS)
-#: The rows every ratio is taken against.
-REFERENCES = ("asyncio", "twisted-epoll")
+#: The rows every ratio is taken against: the plain-asyncio floor, Twisted (what users move from), and the
+#: C reference server (the limit: a ratio below 1 there is the share of C's rate a row reaches).
+REFERENCES = ("asyncio", "twisted-epoll", "c-ref")
 
 
 def backend(name: str) -> Backend:
@@ -107,6 +134,11 @@ class Workload:
     unit: str
     higher_is_better: bool
     figures: Callable[[Figures, Sequence[Figures], int], Figures]
+    #: The C load generator (``native/loadgen.c``) runs the job, not the Python one: a workload that
+    #: needs it is skipped, with the reason, where it cannot be compiled...
+    native_client: bool = False
+    #: ... unless the Python generator can run the job too (less load offered: the report says which ran).
+    python_fallback: bool = False
 
 
 def _rate(snaps: Sequence[Figures], index: int = 0) -> float:
@@ -211,6 +243,42 @@ def _multicast(result: Figures, snaps: Sequence[Figures], members: int) -> Figur
     }
 
 
+def _closed_loop(result: Figures, snaps: Sequence[Figures], members: int) -> Figures:
+    """Echo from the C client (many-peer, request/response): rate, round-trip percentiles, losses, and what
+    bound the rate."""
+    load = _load(snaps)
+    sent = result["sent"]
+    out: Figures = {
+        "replies_per_s": result["replies_per_s"],
+        "server_received_per_s": _rate(snaps),
+        "replies_per_cpu_s": _per_cpu(result["replies_per_s"], load),
+        "sockets": result["sockets"],
+        "in_flight": result["inflight"],
+        "lost": result["lost"],
+        "late": result["late"],
+        "loss": result["lost"] / sent if sent else 0.0,
+        "generator_cpu": result["generator_cpu"],
+        "generator_wait": result.get("generator_wait"),
+        **load,
+    }
+    if not result["replies"]:
+        raise ValueError(f"no reply in the window ({result['lost']} lost)")
+    # Payloads under 16 bytes carry no timestamp (loadgen.c): a rate, but no round-trip times.
+    if "rtt_p50_us" in result:
+        keys = ("rtt_min_us", "rtt_p50_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us")
+        out.update({k: result[k] for k in keys})
+        # Little's law: what was really in flight on average. Below sockets x in_flight when requests were
+        # lost at the server's full queue (a socket runs one short until it falls silent and is refilled).
+        out["in_flight_mean"] = result["replies_per_s"] * result["rtt_mean_us"] / 1e6
+    if _server_bound(load):
+        out["limited_by"] = "server"
+    elif result["generator_cpu"] + (result.get("generator_wait") or 0.0) >= SATURATED:
+        out["limited_by"] = "generator"
+    else:
+        out["limited_by"] = "round trips (requests in flight, not CPU)"
+    return out
+
+
 WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "latency", "echo latency: one datagram in flight, RTT min/p50/p99/max",
@@ -222,11 +290,21 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
     Workload(
         "sink", "flood sink: the server only counts; offered and received rates (loss is the gap)",
-        "sink", "flood", "received_per_s", "dgram/s", True, _sink,
+        "sink", "flood", "received_per_s", "dgram/s", True, _sink, native_client=True, python_fallback=True,
     ),
     Workload(
         "multicast", "multicast fan-out: one sender, N members on loopback, datagrams per second per member",
         "multicast", "multicast", "per_member_per_s", "dgram/s", True, _multicast,
+    ),
+    Workload(
+        "many-peer", "many-peer echo: client sockets on distinct ports (default 256, 4 in flight each; C "
+        "client), replies per second and RTT p50/p90/p99: datagrams from unrelated peers never coalesce",
+        "echo", "peers", "replies_per_s", "dgram/s", True, _closed_loop, native_client=True,
+    ),
+    Workload(
+        "request-response", "request/response: one client socket, one request in flight (C client), round "
+        "trips per second and RTT p50/p90/p99 (issue 14: what held writes cost when nothing else is in flight)",
+        "echo", "rr", "replies_per_s", "round trips/s", True, _closed_loop, native_client=True,
     ),
 )
 WORKLOAD_NAMES = tuple(w.name for w in WORKLOADS)
@@ -242,7 +320,7 @@ def workload(name: str) -> Workload:
 
 def generator_job(
     load: Workload, back: Backend, *, port: int, size: int, warmup: float, duration: float, window: int,
-    group: str | None,
+    group: str | None, peers: int = PEERS, peer_window: int = PEER_WINDOW,
 ) -> Figures:
     """The job line the generator runs against one server (``window`` 0: :func:`auto_window`)."""
     job: Figures = {
@@ -251,4 +329,29 @@ def generator_job(
     }
     if group is not None:
         job["group"] = group
+    if load.job == "peers":
+        job.update(sockets=peers, inflight=peer_window)
+    elif load.job == "rr":
+        job.update(sockets=1, inflight=1)
     return job
+
+
+#: The generator jobs that are closed-loop echo from the C client (many-peer, request/response): they share
+#: one figures function and one details table.
+CLOSED_LOOP_JOBS = ("peers", "rr")
+
+
+def loadgen_args(job: Figures) -> list[str]:
+    """The C load generator's command line (after the program's path) for a job of :func:`generator_job`."""
+    common = [
+        "--host", str(job["host"]), "--port", str(job["port"]), "--size", str(job["size"]),
+        "--warmup", repr(float(job["warmup"])), "--duration", repr(float(job["duration"])),
+        # Exit at end-of-file on stdin, as every child of the harness does: a harness killed outright
+        # leaves no flood behind.
+        "--parent-stdin", "1",
+    ]
+    if job["kind"] in CLOSED_LOOP_JOBS:
+        return ["echo", *common, "--sockets", str(job["sockets"]), "--inflight", str(job["inflight"])]
+    if job["kind"] == "flood":
+        return ["flood", *common]
+    raise ValueError(f"the C load generator has no {job['kind']!r} job")

@@ -1,4 +1,4 @@
-"""udpio on the standard loop or uvloop, on its fastest path for each workload.
+"""udpio on the standard loop, uvloop or rloop, on its fastest path for each workload.
 
 Every endpoint is udpio's own transport. The protocols take whole batches (``datagrams_received``), so
 there is one Python call per readiness event rather than per datagram. With ``--gro`` the sockets enable
@@ -83,7 +83,7 @@ async def serve(workload: str, members: int, group: str, gro: bool) -> None:
             transports.append(transport)
             protocols.append(protocol)
         port = transports[0].get_extra_info("sockname")[1]
-        _common.emit("ready", port=port, transport="udpio.DatagramTransport", loop=udpio.loop_kind(), gro=gro)
+        _common.emit("ready", port=port, transport="udpio.DatagramTransport", loop=_common.loop_name(), gro=gro)
         _common.serve_control(protocols, lambda: loop.call_soon_threadsafe(stopped.set))
         await stopped.wait()
     finally:
@@ -94,9 +94,13 @@ async def serve(workload: str, members: int, group: str, gro: bool) -> None:
 
 def main() -> None:
     parser = _common.parser(__doc__ or "")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")
     parser.add_argument("--gro", action="store_true", help="UDP GRO on receive, GSO echo replies")
     args = parser.parse_args()
+    if args.loop == "rloop":
+        # udpio's transport needs only add_reader/add_writer from its loop, which rloop has.
+        _common.run_on_rloop(serve(args.workload, args.members, args.group, args.gro))
+        return
     if args.loop == "uvloop":
         try:
             import uvloop  # noqa: F401, PLC0415  # optional: only this variant needs it

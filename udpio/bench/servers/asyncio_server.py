@@ -1,7 +1,8 @@
 """Plain asyncio: ``loop.create_datagram_endpoint`` and a minimal protocol, what a user writes without udpio.
 
 On the standard loop this is asyncio's own ``_SelectorDatagramTransport`` (one ``recvfrom`` per readiness
-event); with ``--loop uvloop`` it is uvloop's native UDP transport. Never imports udpio.
+event); with ``--loop uvloop`` it is uvloop's native UDP transport, with ``--loop rloop`` rloop's (in Rust).
+Never imports udpio.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ async def serve(workload: str, members: int, group: str) -> None:
     try:
         if workload == "multicast":
             socks = _common.multicast_members(group, members)
+            # Read before the loop takes the sockets: rloop's transport owns (and may replace) the descriptor.
+            port = socks[0].getsockname()[1]
             try:
                 for sock in socks:
                     sock.setblocking(False)
@@ -53,7 +56,6 @@ async def serve(workload: str, members: int, group: str) -> None:
                 for sock in socks:
                     sock.close()
                 raise
-            port = socks[0].getsockname()[1]
         else:
             factory: Callable[[], Sink | Echo] = Echo if workload == "echo" else Sink
             transport, protocol = await loop.create_datagram_endpoint(
@@ -62,7 +64,8 @@ async def serve(workload: str, members: int, group: str) -> None:
             transports.append(transport)
             protocols.append(protocol)
             port = transport.get_extra_info("sockname")[1]
-        _common.emit("ready", port=port, transport=type(transports[0]).__module__ + "." + type(transports[0]).__name__)
+        kind = type(transports[0])
+        _common.emit("ready", port=port, transport=f"{kind.__module__}.{kind.__name__}", loop=_common.loop_name())
         _common.serve_control(protocols, lambda: loop.call_soon_threadsafe(stopped.set))
         await stopped.wait()
     finally:
@@ -73,10 +76,12 @@ async def serve(workload: str, members: int, group: str) -> None:
 
 def main() -> None:
     parser = _common.parser(__doc__ or "")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")
     args = parser.parse_args()
     coro: Coroutine[Any, Any, None] = serve(args.workload, args.members, args.group)
-    if args.loop == "uvloop":
+    if args.loop == "rloop":
+        _common.run_on_rloop(coro)
+    elif args.loop == "uvloop":
         try:
             import uvloop  # noqa: PLC0415  # optional: only this variant needs it
         except ImportError as exc:

@@ -29,8 +29,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 #: Exit status of a server that cannot run here (it printed an ``unavailable`` event with the reason).
 EXIT_UNAVAILABLE = 3
@@ -149,6 +149,35 @@ def multicast_members(group: str, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return members
+
+
+def run_on_rloop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on rloop (an asyncio event loop written in Rust), or say it is unavailable. rloop has no
+    ``run()`` of its own and ``udpio.run`` knows only the standard loop and uvloop, so the loop is made and
+    closed here, as ``asyncio.run`` would (works on Python 3.10 too, which has no ``asyncio.Runner``)."""
+    # Imported here, not at the top: the blocking server must not pay for importing asyncio.
+    import asyncio  # noqa: PLC0415
+
+    try:
+        import rloop  # noqa: PLC0415  # optional: only the rloop rows need it
+    except ImportError as exc:
+        main.close()
+        unavailable(f"rloop is not installed ({exc}); pip install 'udpio[bench]'")
+    loop = rloop.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def loop_name() -> str:
+    """The running loop's class, for the ``ready`` line (which loop really ran the server)."""
+    import asyncio  # noqa: PLC0415  # as in run_on_rloop
+
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__name__}"
 
 
 def wake(port: int) -> None:
