@@ -12,7 +12,7 @@ import pytest
 import udpio
 
 EXPECTED = {
-    "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6", "Address", "ConnectedProtocol", "Counters", "DatagramEndpoint",
+    "IO_CORE", "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6", "Address", "ConnectedProtocol", "Counters", "DatagramEndpoint",
     "DatagramTooLargeError", "DatagramTransport", "EchoProtocol", "EchoServer", "EndpointBrokenError",
     "EndpointBusyError", "EndpointClosedError", "HostNotFoundError", "InvalidAddressError", "InvalidArgumentError",
     "InvalidPortError", "InvalidSocketError", "PeerRefused", "adopt", "connect", "format_address", "listen",

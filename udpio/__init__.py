@@ -33,6 +33,7 @@ from ._errors import UnknownInterfaceError as UnknownInterfaceError
 from ._interfaces import Interface as Interface
 from ._interfaces import list_interfaces as list_interfaces
 from ._interfaces import resolve_interface as resolve_interface
+from ._io_core import IO_CORE as IO_CORE
 from ._loop import loop_kind as loop_kind
 from ._loop import new_event_loop as new_event_loop
 from ._loop import run as run
@@ -86,6 +87,7 @@ __all__ = [
     "DROP_SERVICE_PORT",
     "DROP_SOURCE_PORT_ZERO",
     "DROP_SOURCE_RATE",
+    "IO_CORE",
     "MAX_PAYLOAD_IPV4",
     "MAX_PAYLOAD_IPV6",
     "AcknowledgeSent",

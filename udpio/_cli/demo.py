@@ -8,6 +8,7 @@ from typing import Any
 
 from .._addr import format_address
 from .._echo import start_echo
+from .._io_core import IO_CORE
 from .._loop import loop_kind
 from .._stream import open_endpoint
 from . import err
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     async with await start_echo(port=0) as server:
-        print(f"echo server on {format_address(server.address)} ({loop_kind()} loop)")
+        print(f"echo server on {format_address(server.address)} ({loop_kind()} loop, {IO_CORE} I/O core)")
         async with await open_endpoint(remote=server.address) as ep:
             for i in range(args.count):
                 message = f"hello #{i} from udpio".encode()

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import __version__, _sockopts
+from .._io_core import IO_CORE
 from ._harness import Run
 from ._native import compiler
 from ._workloads import (
@@ -425,6 +426,7 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "udpio": __version__,
         "udpio_revision": _source_revision(),
+        "io_core": IO_CORE,  # "compiled" or "python" (UDPIO_NO_EXTENSIONS), inherited by the servers run
         "uvloop": _version("uvloop"),
         "rloop": _version("rloop"),
         "twisted": _version("twisted"),
@@ -444,6 +446,7 @@ def describe_machine(machine: dict[str, Any]) -> str:
         f"{machine['cpu_model']}, {machine['cores']} cores ({machine['usable_cores']} usable), {machine['kernel']}, "
         f"{machine['python']}, udpio {machine['udpio']}"
         + (f" (git {machine['udpio_revision']})" if machine.get("udpio_revision") else "")
+        + (f", {machine['io_core']} I/O core" if machine.get("io_core") else "")
         + f", uvloop {machine['uvloop']}, rloop {machine.get('rloop')}, Twisted {machine['twisted']}, "
         + f"C compiler: {machine.get('cc') or 'none'}, "
         f"UDP GSO {'yes' if offloads.get('gso') else 'no'} / GRO {'yes' if offloads.get('gro') else 'no'}"

@@ -1,0 +1,32 @@
+# Type stub for the optional C extension udpio._core (udpio/_core.c); see udpio/_io_core.py.
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+RECV_BATCH: Final[int]
+SEND_BATCH: Final[int]
+GSO_MAX_SEGMENTS: Final[int]
+GSO_MAX_BYTES: Final[int]
+MAX_BUFFER_SIZE: Final[int]
+
+class Receiver:
+    def __init__(
+        self,
+        sink: Any,
+        fileno: int,
+        limits: Any,
+        *,
+        datagram_received: Callable[[bytes, Any], object] | None = ...,
+        datagrams_received: Callable[[list[tuple[bytes, Any]]], object] | None = ...,
+        buffer_size: int = ...,
+    ) -> None: ...
+    @property
+    def stopped(self) -> bool: ...
+    @property
+    def batch(self) -> bool: ...
+    def read_event(self) -> None: ...
+    def stop(self) -> None: ...
+
+def send_pairs(
+    sock: socket.socket | int, pairs: Sequence[tuple[Any, Any]], start: int, *, gso: bool = ...
+) -> int: ...
