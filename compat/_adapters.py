@@ -38,9 +38,10 @@ from zope.interface import implementer  # type: ignore[import-untyped]  # zope s
 
 import udpio
 from udpio import _sockopts
-from udpio._addr import Address, family_name, format_address, max_payload
+from udpio._addr import Address, family_name, format_address
 from udpio._counters import Counters
 from udpio._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
+from udpio._limits import max_payload
 
 logger = logging.getLogger("udpio.compat")
 

@@ -50,10 +50,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
 
 from udpio import _membership, _sockopts
-from udpio._addr import Address, check_port, max_payload
+from udpio._addr import Address, check_port
 from udpio._endpoint import validated_duplicate
 from udpio._errors import InvalidArgumentError, InvalidSocketError
 from udpio._interfaces import Interface, check_group, resolve_interface
+from udpio._limits import max_payload
 from udpio._transport import DatagramTransport
 
 if TYPE_CHECKING:

@@ -186,7 +186,7 @@ async def test_zero_copy_delivers_memoryviews_valid_in_the_handler(host: str) ->
 
 
 async def test_batches_are_bounded_in_bytes(host: str, raw_socket: socket.socket) -> None:
-    from udpio._transport import BATCH_BYTES
+    from udpio._limits import BATCH_BYTES
 
     receiver, proto = await udpio.listen(Batches, host, 0, rcvbuf=1 << 22)
     try:

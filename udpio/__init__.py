@@ -3,8 +3,6 @@
 The public API is exactly what ``__all__`` lists; everything else lives in private modules.
 """
 
-from ._addr import MAX_PAYLOAD_IPV4 as MAX_PAYLOAD_IPV4
-from ._addr import MAX_PAYLOAD_IPV6 as MAX_PAYLOAD_IPV6
 from ._addr import Address as Address
 from ._addr import format_address as format_address
 from ._counters import Counters as Counters
@@ -33,6 +31,8 @@ from ._errors import UnknownInterfaceError as UnknownInterfaceError
 from ._interfaces import Interface as Interface
 from ._interfaces import list_interfaces as list_interfaces
 from ._interfaces import resolve_interface as resolve_interface
+from ._limits import MAX_PAYLOAD_IPV4 as MAX_PAYLOAD_IPV4
+from ._limits import MAX_PAYLOAD_IPV6 as MAX_PAYLOAD_IPV6
 from ._loop import loop_kind as loop_kind
 from ._loop import new_event_loop as new_event_loop
 from ._loop import run as run

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import _sockopts
-from ._addr import Address, check_family, check_port, max_payload, resolve
+from ._addr import Address, check_family, check_port, resolve
 from ._errors import InvalidArgumentError, InvalidSocketError, bind_error
-from ._transport import DEFAULT_BUFFER_LIMIT, DatagramTransport
+from ._limits import DEFAULT_BUFFER_LIMIT, MAX_PAYLOAD_IPV6, max_payload
+from ._transport import DatagramTransport
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -25,9 +26,9 @@ _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"
 
 def _check_options(max_size: int | None, buffer_limit: int) -> None:
     if max_size is not None and (
-        isinstance(max_size, bool) or not isinstance(max_size, int) or not 0 <= max_size <= 65527
+        isinstance(max_size, bool) or not isinstance(max_size, int) or not 0 <= max_size <= MAX_PAYLOAD_IPV6
     ):
-        raise InvalidArgumentError("max_size", "None or an int in 0..65527 (bytes)", max_size)
+        raise InvalidArgumentError("max_size", f"None or an int in 0..{MAX_PAYLOAD_IPV6} (bytes)", max_size)
     if isinstance(buffer_limit, bool) or not isinstance(buffer_limit, int) or buffer_limit < 0:
         raise InvalidArgumentError("buffer_limit", "an int >= 0 (bytes)", buffer_limit)
 

@@ -15,6 +15,8 @@ import errno as _errno
 import socket
 from typing import Any
 
+from ._limits import MAX_PORT
+
 
 class InvalidArgumentError(ValueError):
     """A caller passed a value udpio cannot use; ``value`` holds it."""
@@ -30,7 +32,7 @@ class InvalidPortError(InvalidArgumentError):
     """A port outside 0..65535 or not an int."""
 
     def __init__(self, value: Any, what: str = "port") -> None:
-        super().__init__(what, "an int in 0..65535", value)
+        super().__init__(what, f"an int in 0..{MAX_PORT}", value)
 
 
 class InvalidAddressError(InvalidArgumentError):

@@ -34,8 +34,9 @@ from ._errors import (
     bind_error,
 )
 from ._interfaces import Interface, InterfaceSpec, check_group, check_source, is_loopback, resolve_interface
+from ._limits import DEFAULT_BUFFER_LIMIT
 from ._stream import DEFAULT_QUEUE_SIZE, DatagramEndpoint, _QueueProtocol
-from ._transport import DEFAULT_BUFFER_LIMIT, DatagramTransport
+from ._transport import DatagramTransport
 
 logger = logging.getLogger("udpio")
 

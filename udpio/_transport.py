@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import _sockopts
-from ._addr import Address, check_port, family_name, format_address, ip_family, max_payload
+from ._addr import Address, check_port, family_name, format_address, ip_family
 from ._counters import Counters, proc_net_drops
 from ._errors import (
     DatagramTooLargeError,
@@ -38,6 +38,17 @@ from ._errors import (
     InvalidAddressError,
     InvalidArgumentError,
 )
+from ._limits import (
+    ADDRESS_CACHE_SIZE,
+    BATCH_BYTES,
+    DEFAULT_BUFFER_LIMIT,
+    DEFAULT_HIGH_WATER,
+    GSO_MAX_BYTES,
+    MAX_DATAGRAMS_PER_EVENT,
+    RECV_BUFFER_SIZE,
+    max_payload,
+)
+from ._limits import GSO_MAX_SEGMENTS as GSO_MAX_SEGMENTS  # noqa: PLC0414  # re-exported: udpio/bench imports it here
 
 try:
     from fcntl import ioctl as _ioctl
@@ -46,32 +57,6 @@ except ImportError:  # pragma: no cover - Windows has no fcntl
 
 logger = logging.getLogger("udpio")
 
-#: Datagrams read per readiness event before yielding to the loop: enough to amortise the selector's cost
-#: (measured: 256 reaches the same rate as 2048 with 64-byte datagrams) and small enough that one flooded
-#: socket cannot starve timers and other sockets for more than about half a millisecond.
-MAX_DATAGRAMS_PER_EVENT = 256
-#: Receive buffer for one ``recvfrom``: the largest IPv6 payload fits, so nothing is ever truncated.
-RECV_BUFFER_SIZE = 65536
-#: asyncio's own default write-buffer water marks (``selector_events``), kept so protocols see the same.
-DEFAULT_HIGH_WATER = 64 * 1024
-#: Beyond this many buffered bytes a datagram is dropped and counted instead of queued (UDP may lose
-#: datagrams; memory must stay bounded whatever a protocol that ignores ``pause_writing`` does).
-DEFAULT_BUFFER_LIMIT = 1024 * 1024
-#: Validated destination addresses remembered so the hot path does not re-parse them (bounded: cleared
-#: when full, so spoofed-looking destinations cannot grow it).
-_ADDRESS_CACHE_SIZE = 1024
-#: GSO: at most this many segments per ``sendmsg`` (UDP_MAX_SEGMENTS in include/linux/udp.h was 64 before
-#: Linux 6.x raised it to 128; 64 works everywhere).
-GSO_MAX_SEGMENTS = 64
-#: GSO: the kernel refuses a super-datagram above the IPv4 maximum payload.
-_GSO_MAX_BYTES = 65507
-#: Batches handed to ``datagrams_received`` hold about this many bytes (a read event may deliver several).
-#: Holding more costs fresh memory for every datagram: in-process, with 8 KiB datagrams, unbounded lists
-#: (2 MiB) took 7.9 us per datagram against about 2 us for 64 KiB ones. And for request/response traffic a
-#: reply waits until its batch is complete: with 8 datagrams of 8 KiB in flight, 64 KiB batches made the
-#: benchmark's echo fall into lock step at 0.73-0.92x Twisted, 16 KiB ones ran at 1.18-1.19x (flood sink
-#: and 64/1200-byte echo unchanged within the noise). At 64 bytes the 256-datagram count bound comes first.
-BATCH_BYTES = 16 * 1024
 #: zero_copy: the preallocated receive arena: one batch plus one maximal receive (a GRO train), reused for
 #: every batch, so it stays in cache.
 ARENA_SIZE = BATCH_BYTES + RECV_BUFFER_SIZE
@@ -601,7 +586,7 @@ class DatagramTransport(asyncio.DatagramTransport):
                 "an IPv6 destination (write IPv4 peers as ::ffff:a.b.c.d on an IPv6 socket)",
                 addr,
             )
-        if len(self._ok_addresses) >= _ADDRESS_CACHE_SIZE:
+        if len(self._ok_addresses) >= ADDRESS_CACHE_SIZE:
             self._ok_addresses.clear()
         self._ok_addresses.add(addr)
         return addr
@@ -835,7 +820,7 @@ def _gso_runs(
         if run and (
             size > segment
             or len(run) >= GSO_MAX_SEGMENTS
-            or total + size > _GSO_MAX_BYTES
+            or total + size > GSO_MAX_BYTES
             or len(run[-1]) < segment
         ):
             yield run, segment

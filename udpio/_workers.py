@@ -40,9 +40,9 @@ from ._counters import Counters, proc_net_drops
 from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
 from ._endpoint import _check_options, adopt
 from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
+from ._limits import DEFAULT_BUFFER_LIMIT
 from ._loop import loop_kind, resolve_loop_kind, run
 from ._policy import SafetyPolicy
-from ._transport import DEFAULT_BUFFER_LIMIT
 
 logger = logging.getLogger("udpio")
 
