@@ -107,7 +107,8 @@ def test_twisted_udp_suite_passes_on_the_udpio_reactor(suite: str, loop: str) ->
 
 
 @pytest.fixture
-def reactor(loop_kind: str) -> Iterator[UdpioReactor]:
+def reactor(loop_kind: str, receive_strategy: str) -> Iterator[UdpioReactor]:
+    """A fresh reactor; its ports' transports use ``receive_strategy`` (every strategy in turn)."""
     loop = udpio.new_event_loop(loop_kind)
     built = UdpioReactor(loop)
     try:

@@ -14,6 +14,9 @@ from udpio._transport import DatagramTransport
 
 from ._helpers import Collector
 
+#: Every test here runs once per receive strategy (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_strategy")
+
 
 async def test_listen_receives_and_replies(family: int, host: str, raw_socket: socket.socket) -> None:
     transport, proto = await udpio.listen(Collector, host, 0)

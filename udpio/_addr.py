@@ -38,6 +38,14 @@ def check_port(port: object, what: str = "port") -> int:
     return port
 
 
+def check_destination_port(port: object, what: str = "port") -> int:
+    """A port to send or connect to: an int in 1..65535 (0 means "any" when binding, and nothing as a
+    destination: the kernel refuses it with EINVAL or leaves the socket unconnected)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= MAX_PORT:
+        raise InvalidPortError(port, what, f"an int in 1..{MAX_PORT} (a destination)")
+    return port
+
+
 def check_size(size: int, family: int, limit: int | None = None) -> None:
     """Raise :class:`DatagramTooLargeError` if ``size`` bytes cannot be sent on ``family`` (or exceed ``limit``)."""
     top = max_payload(family) if limit is None else limit

@@ -29,10 +29,10 @@ class InvalidArgumentError(ValueError):
 
 
 class InvalidPortError(InvalidArgumentError):
-    """A port outside 0..65535 or not an int."""
+    """A port outside 0..65535 or not an int (or 0 where a destination is needed: 1..65535)."""
 
-    def __init__(self, value: Any, what: str = "port") -> None:
-        super().__init__(what, f"an int in 0..{MAX_PORT}", value)
+    def __init__(self, value: Any, what: str = "port", expected: str = f"an int in 0..{MAX_PORT}") -> None:
+        super().__init__(what, expected, value)
 
 
 class InvalidAddressError(InvalidArgumentError):

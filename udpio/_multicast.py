@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from . import _membership, _sockopts
 from ._addr import Address, check_family, check_port, family_name
-from ._endpoint import start_transport
 from ._errors import (
     EndpointClosedError,
     InvalidAddressError,
@@ -35,8 +34,9 @@ from ._errors import (
 )
 from ._interfaces import Interface, InterfaceSpec, check_group, check_source, is_loopback, resolve_interface
 from ._limits import DEFAULT_BUFFER_LIMIT
+from ._options import TransportOptions
 from ._stream import DEFAULT_QUEUE_SIZE, DatagramEndpoint, _QueueProtocol
-from ._transport import DatagramTransport
+from ._transport import DatagramTransport, start_transport
 
 logger = logging.getLogger("udpio")
 
@@ -246,6 +246,16 @@ class MulticastControl:
             raise failure
         return left
 
+    def _roll_back(self, sock: socket.socket) -> None:
+        """Set-up failed: leave what was joined (logging, not raising, what cannot be left), close the socket."""
+        try:
+            self.leave_all()
+        except OSError as exc:  # pragma: no cover - leaving on a socket udpio just made does not fail
+            logger.debug("udpio: leaving groups during roll-back failed: %r", exc)
+        finally:
+            self._closed = True
+            sock.close()
+
     def close(self) -> list[GroupLeft]:
         """Leave every group, then close the endpoint's transport. Idempotent."""
         if self._closed:
@@ -336,6 +346,13 @@ async def listen_multicast(
     """
     check_port(port)
     check_family(family)
+    options = TransportOptions(
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
+    )
     groups = _groups(group)
     checked: list[str] = []
     for item in groups:
@@ -371,19 +388,11 @@ async def listen_multicast(
         for item in checked:
             control.join_group(item, iface, src)
     except BaseException:
-        _roll_back(control, sock)
+        control._roll_back(sock)
         raise
     _CONTROLS[sock] = control
     # start_transport closes the socket on failure; closing drops every membership (ip_mc_drop_socket()).
-    transport, protocol = await start_transport(
-        sock,
-        protocol_factory,
-        max_size=max_size,
-        gro=gro,
-        track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy,
-        buffer_limit=buffer_limit,
-    )
+    transport, protocol = await start_transport(sock, protocol_factory, options)
     control._attach(transport)
     return transport, protocol
 
@@ -394,17 +403,6 @@ def _bind_address(family: int, host: str, port: int) -> Address:
     except socket.gaierror:
         raise InvalidAddressError("host", f"an {family_name(family)} address to bind", host) from None
     return infos[0][4]  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
-
-
-def _roll_back(control: MulticastControl, sock: socket.socket) -> None:
-    """Set-up failed: leave what was joined (logging, not raising, what cannot be left), close the socket."""
-    try:
-        control.leave_all()
-    except OSError as exc:  # pragma: no cover - leaving on a socket udpio just made does not fail
-        logger.debug("udpio: leaving groups during roll-back failed: %r", exc)
-    finally:
-        control._closed = True
-        sock.close()
 
 
 class MulticastEndpoint(DatagramEndpoint):

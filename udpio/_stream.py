@@ -40,6 +40,8 @@ class _QueueProtocol(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # only udpio's transport builds this protocol
+        # The transport's Counters object itself (its ``counters`` property reads /proc on every access).
+        self.counters: Counters = transport.get_extra_info("counters")
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -49,8 +51,7 @@ class _QueueProtocol(asyncio.DatagramProtocol):
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
         room = self.queue_size - len(self.queue)
         if room < len(batch):
-            assert self.transport is not None
-            self.transport._counters.dropped_queue += len(batch) - max(room, 0)
+            self.counters.dropped_queue += len(batch) - max(room, 0)
             batch = batch[: max(room, 0)]
         self.queue.extend(batch)
         self._wake()

@@ -38,10 +38,10 @@ from . import _sockopts
 from ._addr import Address, check_family, check_port, format_address, resolve
 from ._counters import Counters, proc_net_drops
 from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
-from ._endpoint import _check_options, adopt
+from ._endpoint import adopt
 from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
-from ._limits import DEFAULT_BUFFER_LIMIT
 from ._loop import loop_kind, resolve_loop_kind, run
+from ._options import TransportOptions
 from ._policy import SafetyPolicy
 
 logger = logging.getLogger("udpio")
@@ -396,7 +396,7 @@ async def start_echo_workers(
     interval = _check_interval(report_interval, "report_interval")
     options = worker_policy_options(make_policy(policy), count)
     kind = resolve_loop_kind(loop) if loop is not None else loop_kind()
-    _check_options(max_size, DEFAULT_BUFFER_LIMIT)
+    TransportOptions(max_size=max_size)  # validated before any worker starts
     fam, address = await resolve(host, port, family)
     slots: list[_Slot] = []
     try:
