@@ -41,7 +41,7 @@ from udpio import _sockopts
 from udpio._addr import Address, check_destination_port, family_name, format_address
 from udpio._counters import Counters
 from udpio._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
-from udpio._limits import max_payload
+from udpio._limits import DEFAULT_BUFFER_LIMIT, max_payload
 
 logger = logging.getLogger("udpio.compat")
 
@@ -541,7 +541,15 @@ async def listen_twisted(
     interface: str = "127.0.0.1",
     *,
     max_packet_size: int | None = None,
-    **options: Any,
+    family: int = 0,
+    reuse_port: bool = False,
+    reuse_addr: bool = False,
+    broadcast: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> UdpioPort:
     """Serve a Twisted ``DatagramProtocol`` on udpio: ``await listen_twisted(0, MyProtocol())``.
 
@@ -549,7 +557,8 @@ async def listen_twisted(
     loop, uvloop or not) and no Twisted reactor needs to run. ``interface`` defaults to loopback, as every
     udpio endpoint does (Twisted's ``""``, all IPv4 interfaces, is accepted and means ``0.0.0.0``).
     ``max_packet_size`` drops (and counts) larger datagrams where Twisted's ``maxPacketSize`` would truncate
-    them silently; ``None`` delivers any size. Other options go to :func:`udpio.listen`.
+    them silently; ``None`` delivers any size. The other options are :func:`udpio.listen`'s, but
+    ``zero_copy``: Twisted protocols are handed ``bytes``, and many keep them.
 
     ``startProtocol`` runs before this returns; the Twisted protocol gets a :class:`UdpioPort` as its
     ``transport``. Protocols that use the global reactor (``reactor.callLater``, ``LoopingCall``) need a
@@ -558,7 +567,11 @@ async def listen_twisted(
     _check_protocol(protocol)
     twisted_port = UdpioPort(protocol)
     host = interface or "0.0.0.0"  # Twisted's "" means every IPv4 interface
-    await udpio.listen(twisted_port._bridge, host, port, max_size=max_packet_size, **options)
+    await udpio.listen(
+        twisted_port._bridge, host, port, family=family, reuse_port=reuse_port, reuse_addr=reuse_addr,
+        broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, max_size=max_packet_size, gro=gro,
+        track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
+    )
     return twisted_port
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib
+import inspect
 import pathlib
 import textwrap
 import types
@@ -314,3 +315,113 @@ def test_transport_options_are_frozen_and_validated() -> None:
     with pytest.raises(udpio.InvalidArgumentError, match="buffer_limit"):
         TransportOptions(buffer_limit=-1)
 
+
+
+# -- options a type checker reads ---------------------------------------------------------------------------
+
+#: Calls of every public function that takes endpoint options; ``# error`` marks the lines mypy must reject
+#: (a misspelt option, or a value of the wrong type), every other line must pass.
+OPTION_CALLS = '''
+import asyncio
+
+import udpio
+from twisted.internet.protocol import DatagramProtocol
+from udpio.compat import listen_twisted
+
+
+async def calls(sock: int) -> None:
+    factory = asyncio.DatagramProtocol
+    await udpio.listen(factory, "127.0.0.1", 0, gro=True, max_size=1200, rcvbuf=1 << 20, buffer_limit=4096)
+    await udpio.listen(factory, "127.0.0.1", 0, groo=True)  # error
+    await udpio.connect(factory, "127.0.0.1", 9, track_kernel_drops=True, local_port=0)
+    await udpio.connect(factory, "127.0.0.1", 9, track_kernel_drop=True)  # error
+    await udpio.adopt(factory, sock, zero_copy=True)
+    await udpio.adopt(factory, sock, zero_copy="no")  # error
+    await udpio.listen_multicast(factory, 0, group="239.1.2.3", ttl=2, gro=True)
+    await udpio.listen_multicast(factory, 0, grop="239.1.2.3")  # error
+    await udpio.open_endpoint("127.0.0.1", 0, queue_size=10, rcvbuf=1 << 20, max_size=100)
+    await udpio.open_endpoint("127.0.0.1", 0, max_sise=100)  # error
+    await udpio.open_endpoint("127.0.0.1", 0, zero_copy=True)  # error
+    await udpio.open_endpoint(remote=("127.0.0.1", 9), gro="yes")  # error
+    await udpio.open_multicast(0, group="239.1.2.3", queue_size=5, loopback=False)
+    await udpio.open_multicast(0, gruop="239.1.2.3")  # error
+    await udpio.start_echo("127.0.0.1", 0, policy=None, gro=True, buffer_limit=1 << 16)
+    await udpio.start_echo("127.0.0.1", 0, bufer_limit=1 << 16)  # error
+    await udpio.serve_echo("127.0.0.1", 0, track_kernel_drops=True)
+    await udpio.serve_echo("127.0.0.1", 0, track_kernel_drops=1.5)  # error
+    await udpio.serve_echo_workers(2, "127.0.0.1", 0, max_size=100, report_interval=1.0)
+    await udpio.serve_echo_workers(2, "127.0.0.1", 0, maxsize=100)  # error
+    await listen_twisted(0, DatagramProtocol(), max_packet_size=100, gro=True, rcvbuf=1 << 20)
+    await listen_twisted(0, DatagramProtocol(), max_packet_sise=100)  # error
+'''
+
+
+@pytest.mark.timeout(240)
+def test_mypy_rejects_a_misspelt_or_mistyped_option(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options are explicit typed keywords from the public functions down (then one frozen, validated
+    TransportOptions object): mypy rejects exactly the wrong calls above and accepts the right ones."""
+    mypy_api = pytest.importorskip("mypy.api")
+    # The package as installed (compat/ is udpio.compat), built from symbolic links: an editable install maps
+    # compat/ with an import hook that mypy does not follow.
+    package = tmp_path / "site" / "udpio"
+    package.mkdir(parents=True)
+    for entry in (ROOT / "udpio").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    (package / "compat").symlink_to(ROOT / "compat")
+    monkeypatch.setenv("MYPYPATH", str(package.parent))
+    (tmp_path / "none.ini").write_text("[mypy]\n", encoding="utf-8")
+    snippet = tmp_path / "option_calls.py"
+    snippet.write_text(OPTION_CALLS, encoding="utf-8")
+    stdout, stderr, _ = mypy_api.run(
+        [
+            str(snippet),
+            f"--config-file={tmp_path / 'none.ini'}",
+            "--strict",
+            "--no-error-summary",
+            "--show-error-codes",
+            "--no-incremental",
+            "--follow-imports=silent",
+            "--python-version=3.10",
+        ],
+    )
+    reported = {
+        int(line.split(":")[1]) for line in stdout.splitlines() if line.startswith(str(snippet)) and ": error:" in line
+    }
+    expected = {number for number, line in enumerate(OPTION_CALLS.splitlines(), 1) if line.endswith("# error")}
+    assert expected, "the snippet must contain wrong calls"
+    assert reported == expected, stdout + stderr
+
+
+def _keywords(function: object) -> dict[str, tuple[object, object]]:
+    """Keyword-only parameters of ``function``: name -> (default, annotation)."""
+    return {
+        name: (parameter.default, parameter.annotation)
+        for name, parameter in inspect.signature(function).parameters.items()  # type: ignore[arg-type]
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def test_forwarded_options_do_not_drift() -> None:
+    """Functions that pass options on declare each one as the function they call does: same name, same
+    default, same annotation (explicit keywords repeated by hand would otherwise drift apart)."""
+    from udpio.compat import listen_twisted
+
+    listen = _keywords(udpio.listen)
+    transport_options = {"max_size", "gro", "track_kernel_drops", "zero_copy", "buffer_limit"}
+    assert transport_options <= set(listen)
+    forwarders = {
+        udpio.start_echo: (listen, {"policy"}),
+        udpio.serve_echo: (listen, {"policy"}),
+        udpio.open_endpoint: (listen, {"remote", "sock", "queue_size"}),
+        udpio.open_multicast: (_keywords(udpio.listen_multicast), {"queue_size"}),
+        listen_twisted: (listen, {"max_packet_size"}),
+        udpio.serve_echo_workers: (_keywords(udpio.start_echo_workers), set()),
+    }
+    for function, (target, own) in forwarders.items():
+        theirs = _keywords(function)
+        for name in set(theirs) - own:
+            assert name in target, f"{function.__name__}: {name} is not an option of the function it calls"
+            assert theirs[name] == target[name], f"{function.__name__}: {name} differs from the callee's"
+    for function in (udpio.listen, udpio.connect, udpio.adopt, udpio.listen_multicast):
+        assert transport_options <= set(_keywords(function)), function.__name__

@@ -20,7 +20,7 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from . import _membership, _sockopts
 from ._addr import Address, check_family, check_port, family_name
@@ -454,17 +454,38 @@ class MulticastEndpoint(DatagramEndpoint):
 
 
 async def open_multicast(
-    port: int = 0, *, queue_size: int = DEFAULT_QUEUE_SIZE, **options: Any
+    port: int = 0,
+    *,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    group: str | Sequence[str] | None = None,
+    interface: InterfaceSpec = DEFAULT_INTERFACE,
+    source: str | None = None,
+    family: int = 0,
+    host: str | None = None,
+    listen_multiple: bool = False,
+    ttl: int = 1,
+    loopback: bool = True,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    max_size: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> MulticastEndpoint:
-    """An awaitable multicast endpoint: :func:`listen_multicast`'s options, ``await ep.send(data, (group,
-    port))``, ``await ep.recv()``, ``async for``, ``async with`` (which leaves every group on exit)."""
+    """An awaitable multicast endpoint: :func:`listen_multicast`'s options (but ``zero_copy``: the endpoint
+    queues what it receives, so it owns it), ``await ep.send(data, (group, port))``, ``await ep.recv()``,
+    ``async for``, ``async with`` (which leaves every group on exit)."""
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise InvalidArgumentError("queue_size", "an int >= 1 (datagrams)", queue_size)
 
     def factory() -> _QueueProtocol:
         return _QueueProtocol(queue_size)
 
-    transport, protocol = await listen_multicast(factory, port, **options)
+    transport, protocol = await listen_multicast(
+        factory, port, group=group, interface=interface, source=source, family=family, host=host,
+        listen_multiple=listen_multiple, ttl=ttl, loopback=loopback, rcvbuf=rcvbuf, sndbuf=sndbuf,
+        max_size=max_size, gro=gro, track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
+    )
     try:
         return MulticastEndpoint(transport, protocol)
     except BaseException:  # pragma: no cover - building the wrapper does not fail

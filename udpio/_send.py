@@ -459,16 +459,12 @@ def gso_runs(
     run: list[Buffer] = []
     segment = 0
     total = 0
+    last = 0  # size of run[-1]
     for datagram in datagrams:
-        size = _nbytes(datagram)
+        size = len(datagram) if type(datagram) is bytes else _nbytes(datagram)
         if size > max_payload:
             raise DatagramTooLargeError(size, max_payload, fam)
-        if run and (
-            size > segment
-            or len(run) >= GSO_MAX_SEGMENTS
-            or total + size > GSO_MAX_BYTES
-            or _nbytes(run[-1]) < segment
-        ):
+        if run and (size > segment or len(run) >= GSO_MAX_SEGMENTS or total + size > GSO_MAX_BYTES or last < segment):
             yield run, segment
             run, total = [], 0
         if not run:
@@ -482,5 +478,6 @@ def gso_runs(
             continue
         run.append(datagram)
         total += size
+        last = size
     if run:
         yield run, segment

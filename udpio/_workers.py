@@ -428,10 +428,20 @@ async def serve_echo_workers(
     workers: int,
     host: str = "127.0.0.1",
     port: int = DEFAULT_ECHO_PORT,
-    **options: Any,
+    *,
+    family: int = 0,
+    max_size: int | None = None,
+    policy: PolicyArg = "default",
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    loop: str | None = None,
+    report_interval: float = DEFAULT_REPORT_INTERVAL,
 ) -> None:
-    """Run :func:`start_echo_workers` until cancelled, then stop the workers."""
-    pool = await start_echo_workers(workers, host, port, **options)
+    """Run :func:`start_echo_workers` (same arguments) until cancelled, then stop the workers."""
+    pool = await start_echo_workers(
+        workers, host, port, family=family, max_size=max_size, policy=policy, rcvbuf=rcvbuf, sndbuf=sndbuf,
+        loop=loop, report_interval=report_interval,
+    )
     async with pool:
         await pool.serve_forever()
 
