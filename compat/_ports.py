@@ -52,8 +52,8 @@ from zope.interface import implementer  # type: ignore[import-untyped]  # zope s
 
 from udpio import _membership, _sockopts
 from udpio._addr import Address, check_destination_port, check_port
-from udpio._endpoint import validated_duplicate
 from udpio._errors import InvalidArgumentError, InvalidSocketError
+from udpio._factories import validated_duplicate
 from udpio._interfaces import Interface, check_group, resolve_interface
 from udpio._limits import MAX_DATAGRAMS_PER_EVENT, max_payload
 from udpio._options import TransportOptions

@@ -15,8 +15,8 @@ from typing import Literal, TypeAlias
 
 from ._addr import Address, format_address
 from ._counters import Counters
-from ._endpoint import listen
 from ._errors import EndpointClosedError, InvalidArgumentError
+from ._factories import listen
 from ._limits import DEFAULT_BUFFER_LIMIT
 from ._policy import SafetyPolicy
 from ._transport import DatagramTransport

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from . import _membership, _sockopts
 from ._addr import Address, check_family, check_port, family_name
+from ._awaitable import DEFAULT_QUEUE_SIZE, DatagramEndpoint, QueueProtocol
 from ._errors import (
     EndpointClosedError,
     InvalidAddressError,
@@ -35,7 +36,6 @@ from ._errors import (
 from ._interfaces import Interface, InterfaceSpec, check_group, check_source, is_loopback, resolve_interface
 from ._limits import DEFAULT_BUFFER_LIMIT
 from ._options import TransportOptions
-from ._stream import DEFAULT_QUEUE_SIZE, DatagramEndpoint, _QueueProtocol
 from ._transport import DatagramTransport, start_transport
 
 logger = logging.getLogger("udpio")
@@ -413,7 +413,7 @@ class MulticastEndpoint(DatagramEndpoint):
     leaves every group.
     """
 
-    def __init__(self, transport: DatagramTransport, protocol: _QueueProtocol) -> None:
+    def __init__(self, transport: DatagramTransport, protocol: QueueProtocol) -> None:
         super().__init__(transport, protocol)
         self._control = multicast(transport)
         self._routed: set[str] = set()
@@ -478,8 +478,8 @@ async def open_multicast(
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise InvalidArgumentError("queue_size", "an int >= 1 (datagrams)", queue_size)
 
-    def factory() -> _QueueProtocol:
-        return _QueueProtocol(queue_size)
+    def factory() -> QueueProtocol:
+        return QueueProtocol(queue_size)
 
     transport, protocol = await listen_multicast(
         factory, port, group=group, interface=interface, source=source, family=family, host=host,

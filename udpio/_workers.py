@@ -38,8 +38,8 @@ from . import _sockopts
 from ._addr import Address, check_family, check_port, format_address, resolve
 from ._counters import Counters, proc_net_drops
 from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
-from ._endpoint import adopt
 from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
+from ._factories import adopt
 from ._loop import loop_kind, resolve_loop_kind, run
 from ._options import TransportOptions
 from ._policy import SafetyPolicy

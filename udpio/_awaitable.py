@@ -15,8 +15,8 @@ from types import TracebackType
 
 from ._addr import Address
 from ._counters import Counters
-from ._endpoint import adopt, connect, listen
 from ._errors import EndpointBrokenError, EndpointBusyError, EndpointClosedError, InvalidArgumentError
+from ._factories import adopt, connect, listen
 from ._limits import DEFAULT_BUFFER_LIMIT
 from ._transport import DatagramTransport
 
@@ -25,7 +25,7 @@ from ._transport import DatagramTransport
 DEFAULT_QUEUE_SIZE = 1024
 
 
-class _QueueProtocol(asyncio.DatagramProtocol):
+class QueueProtocol(asyncio.DatagramProtocol):
     """Feeds a bounded deque; one waiter at a time; errors queued in order with the datagrams."""
 
     def __init__(self, queue_size: int) -> None:
@@ -84,7 +84,7 @@ class DatagramEndpoint:
     Not thread-safe, except :meth:`send_threadsafe`: use it to send from another thread.
     """
 
-    def __init__(self, transport: DatagramTransport, protocol: _QueueProtocol) -> None:
+    def __init__(self, transport: DatagramTransport, protocol: QueueProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
@@ -231,8 +231,8 @@ async def open_endpoint(
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise InvalidArgumentError("queue_size", "an int >= 1 (datagrams)", queue_size)
 
-    def factory() -> _QueueProtocol:
-        return _QueueProtocol(queue_size)
+    def factory() -> QueueProtocol:
+        return QueueProtocol(queue_size)
 
     socket_options = {"family": family, "reuse_port": reuse_port, "reuse_addr": reuse_addr,
                       "broadcast": broadcast, "rcvbuf": rcvbuf, "sndbuf": sndbuf}
