@@ -15,7 +15,7 @@ from typing import TypeVar
 from . import _sockopts
 from ._addr import Address, check_destination_port, check_family, check_port, resolve
 from ._errors import InvalidSocketError, bind_error
-from ._limits import DEFAULT_BUFFER_LIMIT
+from ._limits import C_INT_MAX, DEFAULT_BUFFER_LIMIT
 from ._options import TransportOptions
 from ._transport import DatagramTransport, start_transport
 
@@ -152,6 +152,9 @@ def validated_duplicate(sock: socket.socket | int) -> socket.socket:
     fd = sock.fileno() if isinstance(sock, socket.socket) else sock
     if fd < 0:
         raise InvalidSocketError(sock, "an open socket (this one is closed)")
+    if fd > C_INT_MAX:
+        # os.get_blocking would raise OverflowError: a descriptor is a C int (open(2)).
+        raise InvalidSocketError(sock, f"a file descriptor, an int in 0..{C_INT_MAX}")
     try:
         blocking = os.get_blocking(fd)
         duplicate = os.dup(fd)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+#: The largest C ``int``: what a file descriptor or an ``SO_RCVBUF``/``SO_SNDBUF`` value can be.
+C_INT_MAX = 2**31 - 1
 #: Largest port number: ports are 16-bit (RFC 768).
 MAX_PORT = 65535
 #: Largest UDP payload over IPv4: 65535 (IPv4 total length) - 20 (IP header) - 8 (UDP header).

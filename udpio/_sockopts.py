@@ -14,6 +14,7 @@ import sys
 
 from ._addr import check_family, family_name
 from ._errors import InvalidArgumentError
+from ._limits import C_INT_MAX
 
 IS_LINUX = sys.platform.startswith("linux")
 
@@ -103,7 +104,7 @@ OPTION_MISSING = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP})
 
 #: ``SO_RCVBUF``/``SO_SNDBUF`` take a C ``int`` (socket(7)); a larger Python int would fail inside
 #: ``setsockopt`` with a TypeError instead of naming the value.
-_MAX_BUFFER_SIZE = 2**31 - 1
+_MAX_BUFFER_SIZE = C_INT_MAX
 
 
 def _check_buffer_size(value: object, what: str) -> int:
