@@ -132,7 +132,7 @@ async def _transport_private_names() -> set[str]:
         sock = transport.get_extra_info("socket")
         config = _receive.ReceiveConfig(_limits.ReceiveLimits.for_max_size(None))
         for spec in _receive.REGISTRY.values():
-            names |= _private_names(spec.build(sock, Collector(), config, transport._sink))
+            names |= _private_names(spec.build(sock, Collector(), config, transport._routes))
     finally:
         transport.close()
     return names

@@ -26,15 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 from . import _sockopts
-from ._addr import Address, check_port, family_name, format_address, ip_family
+from ._addr import Address, family_name
 from ._counters import Counters
-from ._errors import (
-    DatagramTooLargeError,
-    EndpointClosedError,
-    InvalidAddressError,
-    InvalidArgumentError,
-)
-from ._limits import ADDRESS_CACHE_SIZE, DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, max_payload
+from ._destinations import Destinations
+from ._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
+from ._limits import DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, max_payload
 
 #: What ``sendto`` takes as data (``collections.abc.Buffer`` only exists from Python 3.12).
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -87,8 +83,8 @@ class SendPath:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         counters: Counters,
+        destinations: Destinations,
         *,
-        remote: Address | None,
         buffer_limit: int,
         on_error: Callable[[OSError], None],
         pause: Callable[[], None],
@@ -100,7 +96,8 @@ class SendPath:
         self._fileno = sock.fileno()
         self._family = sock.family
         self._counters = counters
-        self._remote = remote
+        self._destinations = destinations
+        self._ok = destinations.cache  # the same set: the hot path's lookup is inlined below
         self._max_payload = max_payload(sock.family)
         self._buffer: collections.deque[tuple[bytes, Address | None]] = collections.deque()
         self._buffer_size = 0
@@ -111,7 +108,6 @@ class SendPath:
         self._closing = False
         self._aborted = False
         self._gso: bool | None = None  # probed on the first send_many
-        self._ok: set[Any] = set()  # validated destinations; see _destination for what a hit still checks
         self._on_error = on_error
         self._pause = pause
         self._resume = resume
@@ -142,11 +138,6 @@ class SendPath:
         self._high_water, self._low_water = high, low
         self._maybe_pause()
 
-    def set_peer(self, remote: Address) -> None:
-        """The socket was connected to ``remote``: only it (or ``None``) is a destination from now on."""
-        self._remote = remote
-        self._ok.clear()
-
     def close(self) -> bool:
         """Accept no more sends; what is queued still goes out. ``True`` when nothing is queued."""
         self._closing = True
@@ -164,54 +155,6 @@ class SendPath:
             self._buffer_size = 0
             self._loop.remove_writer(self._fileno)
 
-    # -- destinations --------------------------------------------------------------------------------
-
-    def check_destination(self, addr: Any) -> Address | None:
-        """Validate a destination; remembered so the hot path is a set lookup. Returns what to send to
-        (``None`` on a connected socket). Raises :class:`InvalidAddressError` / :class:`InvalidPortError`."""
-        remote = self._remote
-        if remote is not None:
-            if addr is None or addr == remote:
-                return None
-            raise InvalidAddressError("addr", f"None or the connected peer {format_address(remote)}", addr)
-        if addr is None:
-            raise InvalidAddressError("addr", "a (host, port) destination on an unconnected endpoint", None)
-        size = 4 if self._family == socket.AF_INET6 else 2
-        if not isinstance(addr, tuple) or len(addr) not in (2, size):
-            shape = "a (host, port) tuple" if size == 2 else "a (host, port) or (host, port, flowinfo, scope_id) tuple"
-            raise InvalidAddressError("addr", shape, addr)
-        check_port(addr[1])
-        if len(addr) == 4 and not all(type(field) is int for field in addr[2:]):
-            raise InvalidAddressError("addr", "a 4-tuple whose flowinfo and scope_id are ints", addr)
-        fam = ip_family(addr[0])
-        if fam != self._family:
-            raise InvalidAddressError("addr", self._family_advice(), addr)
-        if len(self._ok) >= ADDRESS_CACHE_SIZE:
-            self._ok.clear()
-        self._ok.add(addr)
-        return addr
-
-    def _family_advice(self) -> str:
-        if self._family == socket.AF_INET:
-            return "an IPv4 destination (this socket is IPv4)"
-        if _sockopts.get_v6only(self._sock):
-            # udpio's own IPv6 sockets are IPv6-only (IPV6_V6ONLY): ::ffff:a.b.c.d would fail with ENETUNREACH.
-            return (
-                "an IPv6 destination: this socket is IPv6-only; to reach IPv4 peers, listen on an IPv4 socket "
-                "(or adopt a dual-stack one)"
-            )
-        return "an IPv6 destination (this dual-stack socket reaches IPv4 peers as ::ffff:a.b.c.d)"
-
-    def _destination(self, addr: Any) -> Address | None:
-        """The fast path's check: a cached destination is taken when its port is an exact int (``True`` and
-        ``1.0`` equal ``1`` and hash alike, so the set alone cannot tell them apart); all else is validated."""
-        try:
-            if addr in self._ok and type(addr[1]) is int:
-                return addr  # type: ignore[no-any-return]  # validated earlier
-        except TypeError:  # unhashable (a list): refused by name below
-            pass
-        return self.check_destination(addr)
-
     # -- one datagram --------------------------------------------------------------------------------
 
     def sendto(self, data: Buffer, addr: Any = None) -> None:
@@ -222,7 +165,10 @@ class SendPath:
         size = len(data) if type(data) is bytes else _nbytes(data)
         if size > self._max_payload:
             raise DatagramTooLargeError(size, self._max_payload, family_name(self._family))
-        dest = self._destination(addr)
+        try:  # the cache, inlined: a hit needs an exact-int port (see _destinations.py)
+            dest = addr if addr in self._ok and type(addr[1]) is int else self._destinations.check(addr)
+        except TypeError:  # unhashable (a list): refused by name
+            dest = self._destinations.check(addr)
         if self._buffer:
             self._queue(bytes(data), dest, size)
             return
@@ -253,7 +199,10 @@ class SendPath:
             self._counters.send_errors += 1
             too_large = DatagramTooLargeError(size, self._max_payload, family_name(self._family))
             raise OSError(errno.EMSGSIZE, str(too_large))
-        dest = self._destination(addr)
+        try:  # the cache, inlined: a hit needs an exact-int port (see _destinations.py)
+            dest = addr if addr in self._ok and type(addr[1]) is int else self._destinations.check(addr)
+        except TypeError:  # unhashable (a list): refused by name
+            dest = self._destinations.check(addr)
         if self._buffer:
             self._queue(bytes(data), dest, size)
             return
@@ -342,7 +291,7 @@ class SendPath:
         if self._closing:
             raise EndpointClosedError("UDP endpoint")
         pairs = batch if type(batch) is list else list(batch)
-        if self._buffer or self._remote is not None:
+        if self._buffer or self._destinations.peer is not None:
             # Behind a queue each one queues in order; a connected socket takes no address: one by one.
             for index, (data, addr) in enumerate(pairs):
                 if self._closing:
@@ -356,9 +305,9 @@ class SendPath:
         for data, addr in pairs:
             try:
                 if addr not in ok or type(addr[1]) is not int:
-                    self.check_destination(addr)
+                    self._destinations.check(addr)
             except TypeError:  # an unhashable address (a list)
-                self.check_destination(addr)
+                self._destinations.check(addr)
             size = len(data) if type(data) is bytes else _nbytes(data)
             if size > top:
                 raise DatagramTooLargeError(size, top, family_name(self._family))
@@ -397,7 +346,7 @@ class SendPath:
         kernel supports ``UDP_SEGMENT``, else one :meth:`sendto` each."""
         if self._closing:
             raise EndpointClosedError("UDP endpoint")
-        dest = self.check_destination(addr)
+        dest = self._destinations.check(addr)
         if self._gso is None:
             self._gso = _sockopts.gso_supported(self._sock)
         if not self._gso or self._buffer:

@@ -9,10 +9,11 @@ both and every endpoint behaves the same on both.
 
 Data flows one way: socket -> receive strategy (``_receive/``) -> ``protocol.datagram_received`` (or
 ``datagrams_received`` with a list). Sends go the other way through the send path (``_send.py``), the only
-code that sends data. This class holds the lifecycle, the protocol, the extra infos, error routing, and the
-public extension surface that layers built on udpio (``udpio.compat``) use instead of its private parts.
-Nothing a peer sends can raise out of the read loop: a handler's exception is counted and logged
-(rate-limited) with the peer, and the endpoint keeps serving.
+code that sends data, to destinations checked by ``_destinations.py``. Errors, and every protocol callback
+that may raise, go through ``_error_routes.py``: nothing a peer sends can raise out of the read loop, a
+handler's exception is counted and logged (rate-limited) with the peer, and the endpoint keeps serving. This
+class holds the rest: the lifecycle, the protocol, reading, the extra infos, ``connect``, and the public
+extension surface that layers built on udpio (``udpio.compat``) use instead of its private parts.
 
 Not thread-safe: call every method from the loop's thread (use ``loop.call_soon_threadsafe`` from others).
 """
@@ -20,12 +21,9 @@ Not thread-safe: call every method from the loop's thread (use ``loop.call_soon_
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import logging
-import os
 import socket
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -33,9 +31,11 @@ from typing import Any, TypeVar
 from . import _receive, _sockopts
 from ._addr import Address, check_destination_port, format_address
 from ._counters import Counters, proc_net_drops
+from ._destinations import Destinations
+from ._error_routes import ErrorRoutes, HandlerErrorHook
 from ._errors import EndpointBrokenError, EndpointClosedError, InvalidAddressError
 from ._limits import GSO_MAX_SEGMENTS as GSO_MAX_SEGMENTS  # noqa: PLC0414  # re-exported: udpio/bench imports it here
-from ._limits import MAX_DATAGRAMS_PER_EVENT, ReceiveLimits
+from ._limits import ReceiveLimits
 from ._options import TransportOptions
 from ._send import Buffer, SendPath
 
@@ -43,68 +43,8 @@ logger = logging.getLogger("udpio")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
-#: At most one handler-error log line per this many seconds (the rest are counted and summarised).
-LOG_INTERVAL = 5.0
-
-#: Errnos a send can meet that are the network's business, not the program's: reported to
-#: ``error_received`` and counted, never raised. ECONNREFUSED: an earlier ICMP port-unreachable on a
-#: connected socket (Linux reports it on the next call, udp(7)); ENOBUFS: the device queue is full
-#: (Linux, BSD); EMSGSIZE: larger than the path MTU with DF set, or a GSO segment too large;
-#: EHOSTUNREACH/ENETUNREACH: no route; EPERM: a firewall rule (netfilter) refused the datagram.
-_SEND_ERRORS_REPORTED = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ENOBUFS,
-        errno.EMSGSIZE,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EPERM,
-        errno.EACCES,
-        errno.EADDRNOTAVAIL,
-    }
-)
-#: The socket itself is gone (closed underneath the transport): the endpoint is broken.
-_SOCKET_GONE = frozenset({errno.EBADF, errno.ENOTSOCK})
-
-#: A handler-error hook: ``hook(exc, addr)`` (see :meth:`DatagramTransport.set_handler_error_hook`).
-HandlerErrorHook = Callable[[Exception, object], None]
 #: A read-event wrapper: ``wrapper(read_event)`` (see :meth:`DatagramTransport.set_read_event_wrapper`).
 ReadEventWrapper = Callable[[Callable[[], None]], None]
-
-
-class _RateLimitedLog:
-    """Logs the first event, then at most one line per :data:`LOG_INTERVAL`, saying how many were skipped."""
-
-    def __init__(self) -> None:
-        self._next = 0.0
-        self._skipped = 0
-
-    def __call__(self, message: str, *args: object, exc: BaseException | None = None) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._skipped += 1
-            return
-        if self._skipped:
-            message += f" ({self._skipped} similar messages suppressed)"
-            self._skipped = 0
-        self._next = now + LOG_INTERVAL
-        logger.error(message, *args, exc_info=exc)
-
-
-class _Sink:
-    """The transport's side of the receive seam (``_receive.ReceiveSink``): the counters and two routes."""
-
-    __slots__ = ("counters", "handler_failed", "receive_error")
-
-    def __init__(
-        self,
-        counters: Counters,
-        receive_error: Callable[[OSError], bool],
-        handler_failed: Callable[[Exception, object], None],
-    ) -> None:
-        self.counters = counters
-        self.receive_error = receive_error
-        self.handler_failed = handler_failed
 
 
 class DatagramTransport(asyncio.DatagramTransport):
@@ -147,16 +87,20 @@ class DatagramTransport(asyncio.DatagramTransport):
         self._receive_config = _receive.ReceiveConfig(
             ReceiveLimits.for_max_size(options.max_size), gro, self._rxq_ovfl, options.zero_copy
         )
-        self._sink = _Sink(self._counters, self._receive_error, self._handler_failed)
+        self._routes = ErrorRoutes(
+            sock, self._counters, protocol, broken=self._broken, rearm=self._rearm_reader, closing=self.is_closing
+        )
+        self._routes.peer = remote
+        self._destinations = Destinations(sock.family, remote, functools.partial(_sockopts.get_v6only, sock))
         self._send = SendPath(
             loop,
             sock,
             self._counters,
-            remote=remote,
+            self._destinations,
             buffer_limit=options.buffer_limit,
-            on_error=self._send_failed,
-            pause=self._pause_protocol,
-            resume=self._resume_protocol,
+            on_error=self._routes.send_failed,
+            pause=self._routes.pause_writing,
+            resume=self._routes.resume_writing,
             flushed=self._flushed,
         )
         # The send path's methods, bound on the instance: a send costs no extra Python call through here.
@@ -172,8 +116,6 @@ class DatagramTransport(asyncio.DatagramTransport):
         # the first one. Re-registering the reader after each error restores it (errors are rare: no cost
         # on the datagram path). The selector loop keeps watching by itself.
         self._rearm_after_error = type(loop).__module__.startswith("uvloop")
-        self._log = _RateLimitedLog()
-        self._handler_error_hook: HandlerErrorHook | None = None
         self._read_wrapper: ReadEventWrapper | None = None
         self._extra: dict[str, Any] = {
             "socket": sock,
@@ -256,11 +198,11 @@ class DatagramTransport(asyncio.DatagramTransport):
         finally:
             self._sock.close()
 
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
-        """The socket itself failed (e.g. closed underneath): close the endpoint, tell the protocol why."""
+    def _broken(self, exc: OSError) -> None:
+        """The socket itself failed (closed underneath): close the endpoint, tell the protocol why."""
         broken = EndpointBrokenError("UDP endpoint")
         broken.__cause__ = exc
-        logger.debug("%s on %r: %r", message, self, exc)
+        logger.debug("socket failed under %r: %r", self, exc)
         self._force_close(broken)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -280,6 +222,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol that receives datagrams (from the next read event on)."""
         self._protocol = protocol
+        self._routes.protocol = protocol
         self._strategy = self._choose_strategy(protocol)
         if self._reading:
             self._loop.add_reader(self._fileno, self._reader())
@@ -291,7 +234,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     def _choose_strategy(self, protocol: asyncio.BaseProtocol) -> _receive.ReceiveStrategy:
         spec = _receive.choose(self._receive_config, protocol)
         self._extra["receive_strategy"] = spec.name
-        return spec.build(self._sock, protocol, self._receive_config, self._sink)
+        return spec.build(self._sock, protocol, self._receive_config, self._routes)
 
     def _reader(self) -> Callable[[], None]:
         """The callable the loop runs on each readiness event."""
@@ -336,11 +279,11 @@ class DatagramTransport(asyncio.DatagramTransport):
             raise EndpointClosedError("UDP endpoint")
         if self._remote is not None:
             raise InvalidAddressError("addr", f"nothing: already connected to {format_address(self._remote)}", addr)
-        self._send.check_destination(addr)
-        check_destination_port(addr[1])  # validated before anything changes
+        self._destinations.check(addr)  # validated before anything changes
+        check_destination_port(addr[1])
         self._sock.connect(addr)
-        self._remote = self._sock.getpeername()
-        self._send.set_peer(self._remote)
+        self._remote = self._routes.peer = self._sock.getpeername()
+        self._destinations.connected(self._remote)
         self._extra["peername"] = self._remote
 
     # -- extension surface --------------------------------------------------------------------------
@@ -350,7 +293,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         ``error_received``, ``pause_writing``...) raises; the error is counted in ``handler_errors`` either
         way and delivery goes on. ``addr`` is the datagram's sender (``None`` when there is none). ``None``
         restores udpio's logging."""
-        self._handler_error_hook = hook
+        self._routes.hook = hook
 
     def set_read_event_wrapper(self, wrapper: ReadEventWrapper | None) -> None:
         """Run every readiness event as ``wrapper(read_event)``: the wrapper must call ``read_event()`` once
@@ -368,78 +311,11 @@ class DatagramTransport(asyncio.DatagramTransport):
         still queues the datagram."""
         self._send.sendto_or_raise(data, addr)  # bound on the instance by __init__
 
-    # -- errors -------------------------------------------------------------------------------
-
-    def _receive_error(self, exc: OSError) -> bool:
-        """Route a receive error; ``True`` if reading must stop for this event."""
-        if exc.errno in _SOCKET_GONE:
-            self._fatal_error(exc, "socket closed underneath the transport")
-            return True
-        # ICMP errors queued on the socket (ECONNREFUSED on a connected socket, and everything with
-        # IP_RECVERR): the error is consumed by this call, so reading may go on. With IP_RECVERR the same
-        # event also sits on the error queue: report it from there (once), and empty the queue.
-        if not self._drain_error_queue():
-            self._counters.errors_received += 1
-            self._report(exc)
-        self._rearm_reader()
-        return self._closing
-
-    def _send_failed(self, exc: OSError) -> None:
-        """Route a send error the send path counted."""
-        if exc.errno in _SOCKET_GONE:
-            self._fatal_error(exc, "socket closed underneath the transport")
-            return
-        if exc.errno not in _SEND_ERRORS_REPORTED:
-            logger.debug("udpio: unexpected send error %r on %r", exc, self)
-        # With IP_RECVERR an earlier ICMP error fails the next send with its errno (on any socket) and sits on
-        # the error queue too: report it once, from the queue; this datagram is counted as not sent.
-        if exc.errno not in self._drain_error_queue():
-            self._report(exc)
-        self._rearm_reader()
-
-    def _drain_error_queue(self) -> list[int]:
-        """Read the error queue empty; count and report each ICMP error in it. Returns their errnos."""
-        found = _sockopts.read_icmp_errors(self._sock, MAX_DATAGRAMS_PER_EVENT)
-        for code in found:
-            self._counters.errors_received += 1
-            # OSError(errno, ...) builds the matching subclass (ConnectionRefusedError...).
-            self._report(OSError(code, os.strerror(code)))
-        return found
-
     def _rearm_reader(self) -> None:
+        """After a socket error on uvloop (see ``_rearm_after_error``)."""
         if self._rearm_after_error and self._reading:
             self._loop.remove_reader(self._fileno)
             self._loop.add_reader(self._fileno, self._reader())
-
-    def _report(self, exc: OSError) -> None:
-        try:
-            self._protocol.error_received(exc)  # type: ignore[attr-defined]  # a DatagramProtocol
-        except Exception as handler_exc:
-            self._handler_failed(handler_exc, self._remote)
-
-    def _handler_failed(self, exc: Exception, addr: object) -> None:
-        self._counters.handler_errors += 1
-        if self._handler_error_hook is not None:
-            self._handler_error_hook(exc, addr)
-            return
-        self._log(
-            "udpio: exception in %s handling datagram from %s (endpoint keeps serving)",
-            type(self._protocol).__name__,
-            format_address(addr),
-            exc=exc,
-        )
-
-    def _pause_protocol(self) -> None:
-        try:
-            self._protocol.pause_writing()
-        except Exception as exc:
-            self._handler_failed(exc, None)
-
-    def _resume_protocol(self) -> None:
-        try:
-            self._protocol.resume_writing()
-        except Exception as exc:
-            self._handler_failed(exc, None)
 
     # -- sending (the send path's methods are bound on each instance; these are their documentation) ------
 
