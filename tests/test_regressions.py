@@ -340,3 +340,44 @@ def test_twisted_listen_udp_with_a_bad_port_names_it(twisted_reactor: Any, host:
 
     with pytest.raises(udpio.InvalidPortError, match=re.escape(f"port must be an int in 0..65535, got {bad!r}")):
         twisted_reactor.listenUDP(bad, DatagramProtocol(), interface=host)
+
+
+# -- the batch backend does not lose an error the kernel reported once ------------------------------------------
+
+#: ip(7): IP_RECVERR (the Python 3.10/3.11 socket module does not export it).
+IP_RECVERR = 11
+
+
+async def test_send_batch_reports_a_pending_error_once_and_does_not_resend(host: str) -> None:
+    """An error pending on the socket (IP_RECVERR: an earlier ICMP error fails the next send, on any socket) is
+    consumed by the ``sendto`` that raises it. A batch backend that stopped there and let the caller retry the
+    pair would send it after all and lose the error (SEAMS.md, amendment 3 of ``core``): the send path reports
+    the error once, and the pair it failed is not sent again."""
+    if ":" in host:
+        pytest.skip("IP_RECVERR is an IPv4 option (IPV6_RECVERR for IPv6: same kernel path)")
+    received = Collector()
+    live, _ = await udpio.listen(lambda: received, host, 0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    sock.bind((host, 0))
+    sock.setblocking(False)
+    try:
+        transport, protocol = await udpio.adopt(Collector, sock)
+    finally:
+        sock.close()
+    try:
+        transport.pause_reading()  # nobody reads the error before the batch meets it
+        transport.sendto(b"to nobody", (host, _dead_port(socket.AF_INET, host)))
+        poller = select.poll()
+        poller.register(transport.get_extra_info("socket").fileno(), select.POLLERR)
+        assert poller.poll(TIMEOUT * 1000), "no ICMP error arrived"
+        dest = live.get_extra_info("sockname")
+        transport.send_batch([(b"first", dest), (b"second", dest)])
+        assert isinstance(await protocol.next(), ConnectionRefusedError)
+        assert (await received.next())[0] == b"second"
+        c = transport.counters
+        assert (c.datagrams_out, c.send_errors, c.errors_received) == (2, 1, 1)  # "to nobody" and "second"
+        assert protocol.queue.empty()  # reported once
+    finally:
+        transport.close()
+        live.close()

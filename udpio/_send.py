@@ -36,14 +36,29 @@ from ._limits import DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, max_pa
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
-def send_pairs(sock: socket.socket, pairs: Sequence[tuple[Buffer, Address | None]], start: int) -> int:
+def send_pairs(
+    sock: socket.socket, pairs: Sequence[tuple[Buffer, Address | None]], start: int, *, gso: bool = True
+) -> int:
     """Send ``pairs[start:]`` in order, as many as the kernel takes without blocking; return the index of the
     first pair not sent (``len(pairs)`` when all went).
 
     It never raises for the datagram at the returned index: the caller retries that one through its
     ordinary single-datagram path, which routes ``EAGAIN`` (queue it and the rest) and errors
     (``error_received``, counters) exactly as ``sendto`` does. Destinations are validated before they get
-    here. The pure-Python backend of SEAMS.md; a compiled one sends the same pairs with ``sendmmsg(2)``.
+    here. The pure-Python backend of SEAMS.md (``gso`` is the compiled backend's; this one sends one by one);
+    the send path itself uses :func:`pairs_until_error`, which also hands back the error.
+    """
+    return pairs_until_error(sock, pairs, start)[0]
+
+
+def pairs_until_error(
+    sock: socket.socket, pairs: Sequence[tuple[Buffer, Address | None]], start: int
+) -> tuple[int, Exception | None]:
+    """:func:`send_pairs` that also returns the exception that stopped it (``None`` when all went).
+
+    The send path needs it: an error pending on the socket (an ICMP error on a connected socket, udp(7)) is
+    consumed by the ``sendto`` that raises it, so retrying that pair would succeed and lose the error. With
+    the exception in hand the send path reports it once and moves on (SEAMS.md, amendment 3 of ``core``).
     """
     sendto = sock.sendto
     send = sock.send
@@ -55,9 +70,14 @@ def send_pairs(sock: socket.socket, pairs: Sequence[tuple[Buffer, Address | None
             else:
                 sendto(data, dest)
             index += 1
-    except Exception:  # any failure: the caller retries this pair through its ordinary path
-        pass
-    return index
+    except Exception as exc:  # any failure: the caller routes it, or retries this pair through sendto
+        return index, exc
+    return index, None
+
+
+#: A compiled batch backend with :func:`send_pairs`'s contract (``udpio._core``'s, when it is built), used
+#: instead of :func:`pairs_until_error`; set by the module that loads it.
+BACKEND: Callable[..., int] | None = None
 
 
 def _nbytes(data: object) -> int:
@@ -223,8 +243,9 @@ class SendPath:
             self._counters.bytes_out += size
 
     def _queue(self, data: bytes, dest: Address | None, size: int) -> None:
-        """Queue one datagram behind the others (the writer is registered with the first)."""
-        if self._closing and self._aborted:
+        """Queue one datagram behind the others (the writer is registered with the first). Once the path is
+        closing (a callback closed it during the call under way) the datagram is counted, never queued."""
+        if self._closing:
             self._counters.dropped_on_close += 1
             return
         if self._buffer_size + size > self._buffer_limit:
@@ -313,7 +334,7 @@ class SendPath:
                 raise DatagramTooLargeError(size, top, family_name(self._family))
             total += size
         count = len(pairs)
-        stop = send_pairs(self._sock, pairs, 0)
+        stop, exc = self._send_pairs(pairs, 0)
         counters = self._counters
         if stop == count:  # the usual case: every pair went
             counters.datagrams_out += count
@@ -325,21 +346,28 @@ class SendPath:
             counters.bytes_out += sum(_nbytes(data) for data, _ in pairs[start:stop])
             if stop == count:
                 return
-            # Pair `stop` failed in the backend: its ordinary path queues it (EAGAIN) or reports its error.
             data, addr = pairs[stop]
-            self.sendto(data, addr)
+            if isinstance(exc, OSError) and not isinstance(exc, (BlockingIOError, InterruptedError)):
+                # Not sent, and the error was consumed by that call: report it once, do not resend.
+                counters.send_errors += 1
+                self._on_error(exc)
+            else:
+                # Kernel full (it queues), or anything else (a named error): the ordinary path decides.
+                self.sendto(data, addr)
             if self._closing:  # closed under us (EBADF, or error_received / pause_writing closed it)
                 self._dropped(count - stop - 1)
                 return
             if self._buffer:  # the kernel is full: the rest queue behind it, in order
                 for rest, rest_addr in pairs[stop + 1 :]:
-                    if self._closing:
-                        self._dropped(1)
-                        continue
                     self._queue(bytes(rest), rest_addr, _nbytes(rest))
                 return
             start = stop + 1
-            stop = send_pairs(self._sock, pairs, start)
+            stop, exc = self._send_pairs(pairs, start)
+
+    def _send_pairs(self, pairs: list[tuple[Buffer, Any]], start: int) -> tuple[int, Exception | None]:
+        if BACKEND is None:
+            return pairs_until_error(self._sock, pairs, start)
+        return BACKEND(self._sock, pairs, start, gso=self._gso is not False), None
 
     def send_many(self, datagrams: Sequence[Buffer], addr: Any = None) -> None:
         """Several datagrams to one destination: runs of equal sizes as one GSO ``sendmsg`` each where the
