@@ -54,7 +54,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     Besides asyncio's ``DatagramTransport`` methods it offers :attr:`counters`, :meth:`send_batch`,
     :meth:`send_many` (GSO on Linux), :meth:`connect`, and the extra infos ``"socket"``, ``"sockname"``,
     ``"peername"``, ``"counters"``, ``"gro"`` and ``"receive_strategy"`` (the name of the receive strategy
-    serving the protocol).
+    serving the protocol, once reading has started).
 
     **Extension surface**, for layers that build on udpio (``udpio.compat`` uses exactly this): the
     constructor with :meth:`start` (serve a socket the layer made, starting now), :meth:`set_handler_error_hook`,
@@ -124,7 +124,9 @@ class DatagramTransport(asyncio.DatagramTransport):
             "counters": self._counters,
             "gro": gro,
         }
-        self._strategy = self._choose_strategy(protocol)
+        # Chosen when reading starts, after connection_made (which may rebind the protocol's handlers, as
+        # udpio.compat's bridge does), and again by set_protocol.
+        self._strategy: _receive.ReceiveStrategy | None = None
 
     # -- start and stop ---------------------------------------------------------------------------
 
@@ -173,7 +175,8 @@ class DatagramTransport(asyncio.DatagramTransport):
 
     def _stop_receiving(self) -> None:
         self.pause_reading()
-        self._strategy.stop()
+        if self._strategy is not None:
+            self._strategy.stop()
 
     def _force_close(self, exc: Exception | None) -> None:
         if self._closed:
@@ -237,7 +240,9 @@ class DatagramTransport(asyncio.DatagramTransport):
         return spec.build(self._sock, protocol, self._receive_config, self._routes)
 
     def _reader(self) -> Callable[[], None]:
-        """The callable the loop runs on each readiness event."""
+        """The callable the loop runs on each readiness event (choosing the strategy the first time)."""
+        if self._strategy is None:
+            self._strategy = self._choose_strategy(self._protocol)
         if self._read_wrapper is None:
             return self._strategy.read_event
         return functools.partial(self._read_wrapper, self._strategy.read_event)
