@@ -3,15 +3,18 @@
 
 A port presents Twisted's API exactly (``IListeningPort``, ``IUDPTransport``, ``IMulticastTransport``,
 ``ISystemHandle``, ``ILoggingContext``, with the semantics of ``twisted.internet.udp.Port``), while the I/O is
-udpio's :class:`~udpio.DatagramTransport`. Data flows one way::
+udpio's :class:`~udpio.DatagramTransport`, used through its public extension surface only (SEAMS.md). Data
+flows one way::
 
-    socket -> _PortTransport (udpio's read loop) -> _Bridge.datagram_received -> protocol.datagramReceived
+    socket -> udpio's receive strategy, inside the port's read-event wrapper (Twisted's log context)
+           -> _Bridge.datagram_received -> protocol.datagramReceived
 
 and ``_Bridge.datagram_received`` *is* the Twisted protocol's bound ``datagramReceived`` (IPv4), so a datagram
-costs no more Python calls on this path than on udpio's own. ``write`` sends straight on the socket, except
-that what a protocol writes while a read event is delivered is held and sent at the end of the event, each run
-to one peer in one GSO system call (``_MAX_HELD_WRITES``); the rare ``EAGAIN`` goes to the transport, which
-buffers the datagram (Twisted raises it to the caller instead).
+costs no more Python calls on this path than on udpio's own. ``write`` sends through the transport's counted
+``sendto_or_raise`` (Twisted's errors, raised), except that what a protocol writes while a read event is
+delivered is held and sent at the end of the event, each run to one peer in one GSO system call
+(``_MAX_HELD_WRITES``); the rare ``EAGAIN`` makes the transport buffer the datagram (Twisted raises it to the
+caller instead).
 
 Where Twisted's ports are wrong, these are not (the README lists each difference):
 
@@ -438,7 +441,10 @@ class UDPPort:
         stopped: defer.Deferred[None] = defer.Deferred()
         self._stopped.append(stopped)
         self._sendHeldNow()
-        self._transport.close()
+        self._transport.pause_reading()
+        # Closed in the reactor's next iteration, as Twisted's port calls connectionLost with callLater(0):
+        # until then write() still sends (on the udpio transport, a closing endpoint refuses sends).
+        self.reactor.callLater(0, self._transport.close)
         return stopped
 
     def loseConnection(self) -> defer.Deferred[None] | None:
