@@ -444,7 +444,7 @@ class UDPPort:
         self._transport.pause_reading()
         # Closed in the reactor's next iteration, as Twisted's port calls connectionLost with callLater(0):
         # until then write() still sends (on the udpio transport, a closing endpoint refuses sends).
-        self.reactor.callLater(0, self._transport.close)
+        self.reactor.callLater(0, self._transport.close)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return stopped
 
     def loseConnection(self) -> defer.Deferred[None] | None:
