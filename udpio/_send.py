@@ -297,9 +297,14 @@ class SendPath:
             self._paused = False
             self._resume()
 
-    def _dropped(self, count: int) -> None:
-        """``count`` datagrams of a call under way can no longer go: the path closed under the call."""
-        self._counters.dropped_on_close += count
+    def _each(self, pairs: Iterable[tuple[Buffer, Any]]) -> None:
+        """:meth:`sendto` each pair in order; once a callback has closed the path during the call, the rest
+        are counted in ``dropped_on_close`` (the slow paths of the batch calls)."""
+        for data, addr in pairs:
+            if self._closing:
+                self._counters.dropped_on_close += 1
+            else:
+                self.sendto(data, addr)
 
     # -- many datagrams ------------------------------------------------------------------------------
 
@@ -314,11 +319,7 @@ class SendPath:
         pairs = batch if type(batch) is list else list(batch)
         if self._buffer or self._destinations.peer is not None:
             # Behind a queue each one queues in order; a connected socket takes no address: one by one.
-            for index, (data, addr) in enumerate(pairs):
-                if self._closing:
-                    self._dropped(len(pairs) - index)
-                    return
-                self.sendto(data, addr)
+            self._each(pairs)
             return
         ok = self._ok
         top = self._max_payload
@@ -354,10 +355,9 @@ class SendPath:
             else:
                 # Kernel full (it queues), or anything else (a named error): the ordinary path decides.
                 self.sendto(data, addr)
-            if self._closing:  # closed under us (EBADF, or error_received / pause_writing closed it)
-                self._dropped(count - stop - 1)
-                return
-            if self._buffer:  # the kernel is full: the rest queue behind it, in order
+            if self._closing or self._buffer:
+                # Closed under us (EBADF, or error_received / pause_writing closed it): the rest are counted;
+                # or the kernel is full: the rest queue behind it, in order.
                 for rest, rest_addr in pairs[stop + 1 :]:
                     self._queue(bytes(rest), rest_addr, _nbytes(rest))
                 return
@@ -378,26 +378,15 @@ class SendPath:
         if self._gso is None:
             self._gso = _sockopts.gso_supported(self._sock)
         if not self._gso or self._buffer:
-            for index, datagram in enumerate(datagrams):
-                if self._closing:
-                    self._dropped(len(datagrams) - index)
-                    return
-                self.sendto(datagram, dest)
+            self._each((datagram, dest) for datagram in datagrams)
             return
-        done = 0
         for run, segment in gso_runs(datagrams, self._max_payload, family_name(self._family)):
-            if self._closing:  # closed by a callback of an earlier run
-                self._dropped(len(datagrams) - done)
-                return
-            done += len(run)
-            if len(run) == 1 or self._buffer:
-                for index, datagram in enumerate(run):
-                    if self._closing:
-                        self._dropped(len(run) - index)
-                        break
-                    self.sendto(datagram, dest)
-                continue
-            self._send_run(run, segment, dest)
+            if self._closing:  # closed by a callback of an earlier run: this run is counted, not sent
+                self._counters.dropped_on_close += len(run)
+            elif len(run) == 1 or self._buffer:
+                self._each((datagram, dest) for datagram in run)
+            else:
+                self._send_run(run, segment, dest)
 
     def _send_run(self, run: list[Buffer], segment: int, dest: Address | None) -> None:
         payload = b"".join(run)
@@ -407,20 +396,13 @@ class SendPath:
             else:
                 self._sock.sendmsg([payload], [_sockopts.gso_cmsg(segment)], 0, dest)
         except (BlockingIOError, InterruptedError):
-            for index, datagram in enumerate(run):
-                if self._closing:  # pause_writing closed the transport: the rest of the run cannot go
-                    self._dropped(len(run) - index)
-                    return
-                self._queue(bytes(datagram), dest, len(datagram))
+            for datagram in run:  # counted, not queued, once pause_writing closed the path
+                self._queue(bytes(datagram), dest, _nbytes(datagram))
         except OSError as exc:
             if exc.errno in _sockopts.OPTION_MISSING or exc.errno == errno.EIO:
                 # The device cannot segment (EIO from drivers without GSO): stop trying, send one by one.
                 self._gso = False
-                for index, datagram in enumerate(run):
-                    if self._closing:
-                        self._dropped(len(run) - index)
-                        return
-                    self.sendto(datagram, dest)
+                self._each((datagram, dest) for datagram in run)
             else:
                 self._counters.send_errors += 1
                 self._on_error(exc)
