@@ -43,6 +43,11 @@ class Destinations:
             raise InvalidAddressError("addr", f"None or the connected peer {format_address(peer)}", addr)
         if addr is None:
             raise InvalidAddressError("addr", "a (host, port) destination on an unconnected endpoint", None)
+        try:
+            if addr in self.cache and type(addr[1]) is int:
+                return addr  # type: ignore[no-any-return]  # validated when it was cached
+        except TypeError:  # unhashable (a list): refused below
+            pass
         if self.family == socket.AF_INET6:
             if not isinstance(addr, tuple) or len(addr) not in (2, 4):
                 raise InvalidAddressError("addr", "a (host, port) or (host, port, flowinfo, scope_id) tuple", addr)
