@@ -25,7 +25,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 from twisted.internet import address as _taddress
@@ -38,9 +38,10 @@ from zope.interface import implementer  # type: ignore[import-untyped]  # zope s
 
 import udpio
 from udpio import _sockopts
-from udpio._addr import Address, family_name, format_address, max_payload
+from udpio._addr import Address, check_destination_port, family_name, format_address
 from udpio._counters import Counters
 from udpio._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
+from udpio._limits import DEFAULT_BUFFER_LIMIT, max_payload
 
 logger = logging.getLogger("udpio.compat")
 
@@ -155,6 +156,11 @@ class TwistedPortTransport(asyncio.DatagramTransport):
         """As :meth:`close`: with no write buffer there is nothing to drop."""
         self.close()
 
+    def port_stopped(self) -> None:
+        """Twisted stopped the port (``stopProtocol``, called by :class:`TwistedAdapter`): from now on
+        :meth:`is_closing` says so and nothing more can be sent."""
+        self._closing = True
+
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol that receives datagrams."""
         self._protocol = protocol
@@ -262,8 +268,9 @@ class TwistedAdapter(DatagramProtocol):
         """Deliver to ``datagram_received``; an exception is counted, then Twisted logs it (``log.err``)."""
         transport = self.asyncio_transport
         if transport is not None:
-            transport._counters.datagrams_in += 1
-            transport._counters.bytes_in += len(datagram)
+            counters = transport.counters
+            counters.datagrams_in += 1
+            counters.bytes_in += len(datagram)
         try:
             if self._batch_only:
                 self.protocol.datagrams_received([(datagram, addr)])  # type: ignore[attr-defined]
@@ -271,15 +278,15 @@ class TwistedAdapter(DatagramProtocol):
                 self.protocol.datagram_received(datagram, addr)
         except Exception:
             if transport is not None:
-                transport._counters.handler_errors += 1
+                transport.counters.handler_errors += 1
             raise
 
     def connectionRefused(self) -> None:
         """ICMP port-unreachable from the connected peer: ``error_received(ConnectionRefusedError)``."""
         transport = self.asyncio_transport
-        peer = transport._peer if transport is not None else None
+        peer = transport.get_extra_info("peername") if transport is not None else None
         if transport is not None:
-            transport._counters.errors_received += 1
+            transport.counters.errors_received += 1
         self.protocol.error_received(
             ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused by {format_address(peer)}")
         )
@@ -291,7 +298,7 @@ class TwistedAdapter(DatagramProtocol):
         ``None``, even when Twisted's epoll reactor closed the port on an ICMP error (see the README).
         """
         if self.asyncio_transport is not None:
-            self.asyncio_transport._closing = True
+            self.asyncio_transport.port_stopped()
         self.protocol.connection_lost(None)
 
 
@@ -301,22 +308,32 @@ class TwistedAdapter(DatagramProtocol):
 
 
 class _Bridge(asyncio.DatagramProtocol):
-    """The asyncio protocol udpio's transport drives; it forwards every callback to its :class:`UdpioPort`."""
+    """The asyncio protocol udpio's transport drives; it forwards every callback to its :class:`UdpioPort`
+    (through the callables the port hands it)."""
 
-    def __init__(self, port: UdpioPort) -> None:
-        self._port = port
+    def __init__(
+        self,
+        attached: Callable[[udpio.DatagramTransport], None],
+        protocol: AbstractDatagramProtocol,
+        error: Callable[[Exception], None],
+        lost: Callable[[Exception | None], None],
+    ) -> None:
+        self._attached = attached
+        self._protocol = protocol
+        self._error = error
+        self._lost = lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._port._attached(transport)  # type: ignore[arg-type]  # udpio.listen gives its DatagramTransport
+        self._attached(transport)  # type: ignore[arg-type]  # udpio.listen gives its DatagramTransport
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._port.protocol.datagramReceived(data, twisted_address(addr))  # type: ignore[arg-type]
+        self._protocol.datagramReceived(data, twisted_address(addr))  # type: ignore[arg-type]
 
     def error_received(self, exc: Exception) -> None:
-        self._port._error(exc)
+        self._error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._port._lost(exc)
+        self._lost(exc)
 
 
 @implementer(IListeningPort, IUDPTransport)
@@ -344,6 +361,10 @@ class UdpioPort:
         # Set while write() is inside sendto: udpio reports send errors through error_received, and
         # Twisted's write raises (or calls connectionRefused) instead, so write() collects them here.
         self._send_errors: list[Exception] | None = None
+
+    def _bridge(self) -> _Bridge:
+        """The asyncio protocol to hand to udpio's factories for this port."""
+        return _Bridge(self._attached, self.protocol, self._error, self._lost)
 
     def __repr__(self) -> str:
         state = "listening" if self._listening else "stopped"
@@ -445,11 +466,12 @@ class UdpioPort:
             raise RuntimeError("already connected, reconnecting is not currently supported")
         if not isIPAddress(host) and not isIPv6Address(host):
             raise _address_error(host, "not an IPv4 or IPv6 address.")
-        sock: socket.socket = transport.get_extra_info("socket")
-        # udpio's transport keeps sending with an explicit destination, which Linux accepts on a connected
-        # UDP socket (udp(7)); the kernel now filters incoming datagrams to this peer and reports ICMP errors.
-        sock.connect((host, port))
-        self._peer = sock.getpeername()
+        check_destination_port(port)
+        try:
+            transport.connect((host, port))
+        except InvalidAddressError as exc:  # of the other family: Twisted's vocabulary on this side
+            raise _address_error(host, str(exc)) from exc
+        self._peer = transport.get_extra_info("peername")
         self._connected_addr = (host, port)
 
     def getHost(self) -> _taddress.IPv4Address | _taddress.IPv6Address:
@@ -519,7 +541,15 @@ async def listen_twisted(
     interface: str = "127.0.0.1",
     *,
     max_packet_size: int | None = None,
-    **options: Any,
+    family: int = 0,
+    reuse_port: bool = False,
+    reuse_addr: bool = False,
+    broadcast: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> UdpioPort:
     """Serve a Twisted ``DatagramProtocol`` on udpio: ``await listen_twisted(0, MyProtocol())``.
 
@@ -527,7 +557,8 @@ async def listen_twisted(
     loop, uvloop or not) and no Twisted reactor needs to run. ``interface`` defaults to loopback, as every
     udpio endpoint does (Twisted's ``""``, all IPv4 interfaces, is accepted and means ``0.0.0.0``).
     ``max_packet_size`` drops (and counts) larger datagrams where Twisted's ``maxPacketSize`` would truncate
-    them silently; ``None`` delivers any size. Other options go to :func:`udpio.listen`.
+    them silently; ``None`` delivers any size. The other options are :func:`udpio.listen`'s, but
+    ``zero_copy``: Twisted protocols are handed ``bytes``, and many keep them.
 
     ``startProtocol`` runs before this returns; the Twisted protocol gets a :class:`UdpioPort` as its
     ``transport``. Protocols that use the global reactor (``reactor.callLater``, ``LoopingCall``) need a
@@ -536,7 +567,11 @@ async def listen_twisted(
     _check_protocol(protocol)
     twisted_port = UdpioPort(protocol)
     host = interface or "0.0.0.0"  # Twisted's "" means every IPv4 interface
-    await udpio.listen(lambda: _Bridge(twisted_port), host, port, max_size=max_packet_size, **options)
+    await udpio.listen(
+        twisted_port._bridge, host, port, family=family, reuse_port=reuse_port, reuse_addr=reuse_addr,
+        broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, max_size=max_packet_size, gro=gro,
+        track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
+    )
     return twisted_port
 
 
@@ -554,7 +589,7 @@ async def adopt_twisted(
     """
     _check_protocol(protocol)
     twisted_port = UdpioPort(protocol)
-    await udpio.adopt(lambda: _Bridge(twisted_port), sock, max_size=max_packet_size)
+    await udpio.adopt(twisted_port._bridge, sock, max_size=max_packet_size)
     return twisted_port
 
 
@@ -647,7 +682,7 @@ async def listen_multicast_twisted(
     _check_protocol(protocol)
     twisted_port = UdpioMulticastPort(protocol)
     await udpio.listen_multicast(
-        lambda: _Bridge(twisted_port),
+        twisted_port._bridge,
         port,
         host=interface or None,
         family=socket.AF_INET6 if ":" in interface else 0,

@@ -3,15 +3,18 @@
 
 A port presents Twisted's API exactly (``IListeningPort``, ``IUDPTransport``, ``IMulticastTransport``,
 ``ISystemHandle``, ``ILoggingContext``, with the semantics of ``twisted.internet.udp.Port``), while the I/O is
-udpio's :class:`~udpio.DatagramTransport`. Data flows one way::
+udpio's :class:`~udpio.DatagramTransport`, used through its public extension surface only (SEAMS.md). Data
+flows one way::
 
-    socket -> _PortTransport (udpio's read loop) -> _Bridge.datagram_received -> protocol.datagramReceived
+    socket -> udpio's receive strategy, inside the port's read-event wrapper (Twisted's log context)
+           -> _Bridge.datagram_received -> protocol.datagramReceived
 
 and ``_Bridge.datagram_received`` *is* the Twisted protocol's bound ``datagramReceived`` (IPv4), so a datagram
-costs no more Python calls on this path than on udpio's own. ``write`` sends straight on the socket, except
-that what a protocol writes while a read event is delivered is held and sent at the end of the event, each run
-to one peer in one GSO system call (``_MAX_HELD_WRITES``); the rare ``EAGAIN`` goes to the transport, which
-buffers the datagram (Twisted raises it to the caller instead).
+costs no more Python calls on this path than on udpio's own. ``write`` sends through the transport's counted
+``sendto_or_raise`` (Twisted's errors, raised), except that what a protocol writes while a read event is
+delivered is held and sent at the end of the event, each run to one peer in one GSO system call
+(``_MAX_HELD_WRITES``); the rare ``EAGAIN`` makes the transport buffer the datagram (Twisted raises it to the
+caller instead).
 
 Where Twisted's ports are wrong, these are not (the README lists each difference):
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 import warnings
 from collections.abc import Callable, Iterable
@@ -50,10 +54,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
 
 from udpio import _membership, _sockopts
-from udpio._addr import Address, check_port, max_payload
-from udpio._endpoint import validated_duplicate
+from udpio._addr import Address, check_destination_port, check_port
 from udpio._errors import InvalidArgumentError, InvalidSocketError
+from udpio._factories import validated_duplicate
 from udpio._interfaces import Interface, check_group, resolve_interface
+from udpio._limits import MAX_DATAGRAMS_PER_EVENT, max_payload
+from udpio._options import TransportOptions
 from udpio._transport import DatagramTransport
 
 if TYPE_CHECKING:
@@ -73,7 +79,7 @@ _DESTINATION_CACHE_SIZE = 1024
 #: delivered: the replies to one peer then leave in one GSO ``sendmsg`` (up to 64 datagrams per call, udpio's
 #: ``send_many``) instead of one ``sendto`` each, the largest saving left on a UDP server's path. At most this
 #: many are held (one read event delivers at most 256 datagrams); more are sent at once.
-_MAX_HELD_WRITES = 256
+_MAX_HELD_WRITES = MAX_DATAGRAMS_PER_EVENT
 #: Twisted accepts this name for the IPv4 limited broadcast address in ``write``.
 _BROADCAST = "<broadcast>"
 #: Joining or leaving with ``interface=""`` means "the interface the kernel's route for the group picks", as
@@ -130,95 +136,36 @@ def _maybe_resolve(reactor: UdpioReactor, name: str) -> defer.Deferred[str]:
     return resolved
 
 
-class _PortTransport(DatagramTransport):
-    """udpio's transport with Twisted's logging around it.
-
-    Every readiness event runs in the port's log context (what ``callWithLogger`` gives a Twisted reader:
-    ``log.msg`` from ``datagramReceived`` carries the port's ``system``), and every exception a handler
-    raises goes to ``log.err`` as on Twisted (where trial sees it), not to udpio's rate-limited logger.
-    """
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: _Socket,
-        port: UDPPort,
-        *,
-        remote: Address | None,
-        max_size: int | None,
-    ) -> None:
-        super().__init__(loop, sock, port._bridge, remote=remote, max_size=max_size)
-        self._port = port
-        self._log_context = _log_context(port.logstr)
-
-    def _read_ready(self) -> None:
-        _call_in_context(self._log_context, self._read_event)
-
-    def _read_event(self) -> None:
-        """One readiness event: deliver what is queued on the socket, holding the protocol's writes, then
-        send them (see :data:`_MAX_HELD_WRITES`)."""
-        port = self._port
-        if not port.reactor.hold_writes:
-            DatagramTransport._read_ready(self)
-            return
-        port._held = []
-        try:
-            DatagramTransport._read_ready(self)
-        finally:
-            held, port._held = port._held, None
-            if held:
-                port._sendHeld(held)
-
-    def _handler_failed(self, exc: Exception, addr: object) -> None:
-        self._counters.handler_errors += 1
-        _log_failure(exc)
-
-    def start_now(self) -> None:
-        """Call ``connection_made`` and start reading now (Twisted's ``listenUDP`` starts the protocol before
-        it returns, and the reactor may not be running yet); re-raise what ``connection_made`` raised."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._start(waiter)
-        if waiter.done() and not waiter.cancelled():
-            exc = waiter.exception()
-            if exc is not None:
-                raise exc
-
-    def connected_to(self, peer: Address) -> None:
-        """The port's socket was connected: buffered sends go to the peer, and ``peername`` says so."""
-        self._remote = peer
-        self._extra["peername"] = peer
-
-    def pause(self) -> None:
-        """Stop reading (the reactor's ``removeAll``); the socket stays open."""
-        self._stop_reading()
-
-    @property
-    def buffered(self) -> bool:
-        """Whether datagrams wait in the write buffer (then a send must queue behind them)."""
-        return bool(self._buffer)
-
-
 class _Bridge(asyncio.DatagramProtocol):
-    """The asyncio protocol udpio's transport drives; every callback goes to the port.
+    """The asyncio protocol udpio's transport drives; every callback goes to the port that made it.
 
     ``datagram_received`` is replaced per instance by the Twisted protocol's own ``datagramReceived`` when
     the port starts, so no frame of this class runs per datagram.
     """
 
-    def __init__(self, port: UDPPort) -> None:
-        self._port = port
+    def __init__(
+        self,
+        made: Callable[[], None],
+        receive: _Receiver,
+        error: Callable[[Exception], None],
+        lost: Callable[[Exception | None], None],
+    ) -> None:
+        self._made = made
+        self._receive = receive
+        self._error = error
+        self._lost = lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._port._transportMade()
+        self._made()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._port.protocol.datagramReceived(data, addr)
+        self._receive(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        self._port._errorReceived(exc)
+        self._error(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._port._transportLost(exc)
+        self._lost(exc)
 
 
 @implementer(IListeningPort, IUDPTransport, ISystemHandle, ILoggingContext)
@@ -255,13 +202,16 @@ class UDPPort:
         self._realPortNumber: int | None = None
         self._connectedAddr: TwistedAddress | None = None
         self._preexistingSocket: _Socket | None = None
-        self._transport: _PortTransport | None = None
-        self._bridge = _Bridge(self)
+        self._transport: DatagramTransport | None = None
+        self._bridge = _Bridge(self._transportMade, self._receiveUnbound, self._errorReceived, self._transportLost)
         self._protocolStarted = False
+        self._adopted = False
         self._stopped: list[defer.Deferred[None]] = []
         self._destinations: dict[Any, Any] = {}
-        self._sendto: Callable[[bytes, Any], int] | None = None
+        # The transport's counted send (udpio's extension surface), bound while listening: None once closed.
+        self._sendNow: Callable[[bytes, Any], None] | None = None
         self._held: list[tuple[bytes, Any]] | None = None  # a list during a read event, see _MAX_HELD_WRITES
+        self._logContext: dict[Any, Any] = {}
         self._setAddressFamily()
         self._maxPayload = max_payload(self.addressFamily)
         self.setLogStr()
@@ -286,6 +236,7 @@ class UDPPort:
             sock.close()
             raise
         self._preexistingSocket = sock
+        self._adopted = True
         return self
 
     # -- identity -------------------------------------------------------------------------------------------
@@ -354,7 +305,7 @@ class UDPPort:
         if self._preexistingSocket is not None:
             sock, self._preexistingSocket = self._preexistingSocket, None
             return sock
-        if self.port is None:
+        if self._adopted:
             raise _cannot_listen(self.interface, self.port, "an adopted port cannot listen again")
         check_port(self.port)
         try:
@@ -399,7 +350,10 @@ class UDPPort:
                 remote = None  # ENOTCONN: an unconnected socket, the usual case
             self._realPortNumber = sock.getsockname()[1]
             log.msg(f"{self._getLogPrefix(self.protocol)} starting on {self._realPortNumber}")
-            transport = _PortTransport(self.reactor._asyncioEventloop, sock, self, remote=remote, max_size=max_size)
+            loop = self.reactor._asyncioEventloop  # Twisted's AsyncioSelectorReactor keeps its loop here
+            transport = DatagramTransport(
+                loop, sock, self._bridge, TransportOptions(max_size=max_size), remote=remote
+            )
         except BaseException:
             self._realPortNumber = None
             sock.close()
@@ -408,16 +362,50 @@ class UDPPort:
             self._connectedAddr = (remote[0], remote[1])
         self.socket = sock
         self._transport = transport
-        self._sendto = sock.sendto
+        self._sendNow = transport.sendto_or_raise
+        self._logContext = _log_context(self.logstr)
+        # Every readiness event runs in the port's log context, as callWithLogger runs a Twisted reader
+        # (log.msg from datagramReceived carries the port's "system"), with the protocol's writes held
+        # (see _MAX_HELD_WRITES); a handler's exception goes to log.err as on Twisted, where trial sees it.
+        transport.set_read_event_wrapper(self._readEvent)
+        transport.set_handler_error_hook(self._handlerFailed)
         self._destinations.clear()
         self.connected = True
         self.disconnected = False
         self.reactor._portStarted(self)
         try:
-            transport.start_now()
+            # Now, not in the loop's next step: Twisted's listenUDP starts the protocol before it returns,
+            # and the reactor may not be running yet.
+            transport.start()
         except BaseException:
             self._abandon()
             raise
+
+    def _receiveUnbound(self, data: bytes, addr: Any) -> None:
+        """Delivery before :meth:`_transportMade` binds the protocol's own method (not reached in practice)."""
+        self.protocol.datagramReceived(data, addr)
+
+    def _readEvent(self, readEvent: Callable[[], None]) -> None:
+        """The transport's read-event wrapper: the port's log context, and writes held when the reactor says so."""
+        if self.reactor.hold_writes:
+            _call_in_context(self._logContext, functools.partial(self._holdingWrites, readEvent))
+        else:
+            _call_in_context(self._logContext, readEvent)
+
+    def _holdingWrites(self, readEvent: Callable[[], None]) -> None:
+        """One readiness event: deliver what is queued on the socket, holding the protocol's writes, then
+        send them (see :data:`_MAX_HELD_WRITES`)."""
+        self._held = []
+        try:
+            readEvent()
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._sendHeld(held)
+
+    def _handlerFailed(self, exc: Exception, addr: object) -> None:
+        """A handler raised (counted by the transport): Twisted logs it with ``log.err``."""
+        _log_failure(exc)
 
     def _transportMade(self) -> None:
         receive: _Receiver = self.protocol.datagramReceived
@@ -453,7 +441,10 @@ class UDPPort:
         stopped: defer.Deferred[None] = defer.Deferred()
         self._stopped.append(stopped)
         self._sendHeldNow()
-        self._transport.close()
+        self._transport.pause_reading()
+        # Closed in the reactor's next iteration, as Twisted's port calls connectionLost with callLater(0):
+        # until then write() still sends (on the udpio transport, a closing endpoint refuses sends).
+        self.reactor.callLater(0, self._transport.close)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         return stopped
 
     def loseConnection(self) -> defer.Deferred[None] | None:
@@ -473,7 +464,7 @@ class UDPPort:
         self.connected = False
         self.disconnected = True
         self._held = None
-        self._sendto = None
+        self._sendNow = None
         self._destinations.clear()
         if self._transport is not None:
             self._transport.abort()  # stops reading now; connection_lost follows and finds the port closed
@@ -498,12 +489,12 @@ class UDPPort:
 
     def _pauseReading(self) -> None:
         if self._transport is not None:
-            self._transport.pause()
+            self._transport.pause_reading()
 
     @property
     def reading(self) -> bool:
         """Whether the port is listening and its socket watched for datagrams."""
-        return self.connected and self._transport is not None and self._transport._reading
+        return self.connected and self._transport is not None and self._transport.is_reading()
 
     # -- errors from the transport ----------------------------------------------------------------------
 
@@ -544,7 +535,13 @@ class UDPPort:
             dest = None
         held = self._held
         if held is None:
-            self._send(datagram, dest)
+            send = self._sendNow
+            if send is None:
+                raise terror.NotListeningError(f"{self!r} is closed")
+            try:
+                send(datagram, dest)
+            except OSError as exc:
+                self._writeFailed(exc)
             return
         if type(datagram) is not bytes:
             if not isinstance(datagram, (bytes, bytearray, memoryview)):
@@ -561,25 +558,15 @@ class UDPPort:
             raise _invalid_address(addr, f"this port is connected to {self._connectedAddr}; write() without an address")
 
     def _send(self, datagram: bytes, dest: Any) -> None:
-        """Send one datagram now (or queue it in the transport behind what is already queued)."""
-        transport = self._transport
-        sendto = self._sendto
-        if sendto is None or transport is None:
+        """Send one datagram now, counted by the transport (queued behind what it already queued, or on
+        ``EAGAIN``); a send error is raised as Twisted's ``write`` raises it."""
+        send = self._sendNow
+        if send is None:
             raise terror.NotListeningError(f"{self!r} is closed")
-        if transport.buffered:  # keep the order of what is already queued
-            transport.sendto(datagram, dest)
-            return
         try:
-            if dest is None:
-                self.socket.send(datagram)  # type: ignore[union-attr]  # set with _sendto
-            else:
-                sendto(datagram, dest)
+            send(datagram, dest)
         except OSError as exc:
-            self._writeFailed(exc, datagram, dest)
-            return
-        counters = transport._counters
-        counters.datagrams_out += 1
-        counters.bytes_out += len(datagram)
+            self._writeFailed(exc)
 
     def _sendHeldNow(self) -> None:
         held = self._held
@@ -630,13 +617,8 @@ class UDPPort:
         self._destinations[addr] = dest
         return dest
 
-    def _writeFailed(self, exc: OSError, datagram: bytes, dest: Any) -> None:
-        transport = self._transport
-        assert transport is not None  # a send was made, so the port is live
-        if isinstance(exc, (BlockingIOError, InterruptedError)):
-            transport.sendto(datagram, dest)  # queued behind the full socket buffer, sent when writable
-            return
-        transport._counters.send_errors += 1
+    def _writeFailed(self, exc: OSError) -> None:
+        """A send error (counted by the transport), as Twisted's ``write`` reports it."""
         if exc.errno == errno.EMSGSIZE:
             raise terror.MessageLengthError("message too long") from exc
         if exc.errno == errno.ECONNREFUSED:
@@ -655,19 +637,20 @@ class UDPPort:
         port-unreachable from it calls ``connectionRefused`` (every time; the port stays open).
 
         IP addresses only (``InvalidAddressError`` for a name) and once (``RuntimeError`` the second time),
-        as on Twisted.
+        as on Twisted; a port outside 1..65535 raises :class:`~udpio.InvalidPortError`. Everything is checked
+        before the port changes state.
         """
         if self._connectedAddr is not None:
             raise RuntimeError("already connected, reconnecting is not currently supported")
         if not isinstance(host, str) or (not isIPAddress(host) and not isIPv6Address(host)):
             raise _invalid_address(host, "not an IPv4 or IPv6 address.")
-        check_port(port)
-        sock = self._live_socket()
+        check_destination_port(port)
+        self._live_socket()
+        transport = self._transport
+        assert transport is not None  # live socket, live transport
         self._sendHeldNow()  # written before connecting: sent before connecting
-        sock.connect((host, port))
+        transport.connect((host, port))
         self._connectedAddr = (host, port)
-        assert self._transport is not None  # live socket, live transport
-        self._transport.connected_to(sock.getpeername())
 
     def getHost(self) -> taddress.IPv4Address | taddress.IPv6Address:
         """The bound address as Twisted's ``IPv4Address``/``IPv6Address`` with type ``"UDP"``."""

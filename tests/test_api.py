@@ -11,20 +11,51 @@ import pytest
 
 import udpio
 
+#: The public API, exactly: a name added to or dropped from ``udpio.__all__`` must be added or dropped here.
 EXPECTED = {
-    "IO_CORE", "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6", "Address", "ConnectedProtocol", "Counters", "DatagramEndpoint",
-    "DatagramTooLargeError", "DatagramTransport", "EchoProtocol", "EchoServer", "EndpointBrokenError",
-    "EndpointBusyError", "EndpointClosedError", "HostNotFoundError", "InvalidAddressError", "InvalidArgumentError",
-    "InvalidPortError", "InvalidSocketError", "PeerRefused", "adopt", "connect", "format_address", "listen",
-    "loop_kind", "new_event_loop", "open_endpoint", "run", "serve_echo", "start_echo", "start_periodic_sender",
+    # constants
+    "DEFAULT_BLOCKED_PORTS", "DROP_AMPLIFICATION", "DROP_BAD_ADDRESS", "DROP_DENIED", "DROP_GLOBAL_RATE",
+    "DROP_NOT_ALLOWED", "DROP_OWN_PORT", "DROP_SERVICE_PORT", "DROP_SOURCE_PORT_ZERO", "DROP_SOURCE_RATE",
+    "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6",
+    # endpoints and their transport
+    "listen", "connect", "adopt", "DatagramTransport", "Counters", "Address", "format_address",
+    "open_endpoint", "DatagramEndpoint", "ConnectedProtocol", "PeerRefused", "start_periodic_sender",
+    # multicast
+    "listen_multicast", "open_multicast", "multicast", "MulticastControl", "MulticastEndpoint", "Membership",
+    "GroupJoined", "GroupLeft", "Interface", "list_interfaces", "resolve_interface",
+    # echo, policy, workers, notify
+    "start_echo", "serve_echo", "EchoProtocol", "EchoServer", "SafetyPolicy", "EchoWorkers", "start_echo_workers",
+    "serve_echo_workers", "NotifyLogic", "NotifyProtocol", "NotifyStep", "NotifySent", "NotifyReceived",
+    "Acknowledged", "AcknowledgeSent", "DatagramIgnored",
+    # loops and the I/O path
+    "run", "new_event_loop", "loop_kind", "IO_CORE",
+    # errors
+    "InvalidArgumentError", "InvalidPortError", "InvalidAddressError", "InvalidSocketError", "InvalidGroupError",
+    "UnknownInterfaceError", "DatagramTooLargeError", "HostNotFoundError", "EndpointClosedError",
+    "EndpointBrokenError", "EndpointBusyError", "MembershipError", "AlreadyJoinedError", "NotJoinedError",
+    "NoMulticastRouteError",
+}
+#: udpio.compat's public API, exactly.
+EXPECTED_COMPAT = {
+    "MulticastPort", "TwistedAdapter", "TwistedPortTransport", "UDPPort", "UdpioMulticastPort", "UdpioPort",
+    "UdpioReactor", "adopt_twisted", "install", "listen_multicast_twisted", "listen_twisted", "twisted_address",
 }
 
 
 def test_public_names_are_exported() -> None:
-    assert set(udpio.__all__) >= EXPECTED
+    assert set(udpio.__all__) == EXPECTED
+    assert len(udpio.__all__) == len(EXPECTED)  # no name listed twice
     for name in udpio.__all__:
         assert getattr(udpio, name) is not None
     assert udpio.__all__ == sorted(udpio.__all__, key=lambda n: (not n.isupper(), n))
+
+
+def test_compat_public_names_are_exported() -> None:
+    compat = pytest.importorskip("udpio.compat")
+    assert set(compat.__all__) == EXPECTED_COMPAT
+    assert len(compat.__all__) == len(EXPECTED_COMPAT)
+    for name in compat.__all__:
+        assert getattr(compat, name) is not None
 
 
 def test_import_udpio_does_not_import_twisted() -> None:

@@ -342,6 +342,7 @@ def test_adapter_on_epoll_shows_twisteds_silent_close(epoll_reactor: Any, host: 
 # -- Twisted protocol on udpio ----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_listen_twisted_echo(host: str, family: int, raw_socket: socket.socket) -> None:
     protocol = Recorder(echo=True)
     port = await listen_twisted(0, protocol, host)
@@ -375,6 +376,7 @@ async def test_listen_twisted_echo(host: str, family: int, raw_socket: socket.so
         port.startListening()
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_listen_twisted_write_errors_are_twisteds(host: str, family: int) -> None:
     protocol = Recorder()
     port = await listen_twisted(0, protocol, host)
@@ -394,6 +396,7 @@ async def test_listen_twisted_write_errors_are_twisteds(host: str, family: int) 
     await stopped(port)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_listen_twisted_connect_refused_each_time_port_stays(host: str, family: int) -> None:
     protocol = Recorder()
     port = await listen_twisted(0, protocol, host)
@@ -426,6 +429,7 @@ async def test_listen_twisted_connect_refused_each_time_port_stays(host: str, fa
     await stopped(port)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_adopt_twisted_caller_keeps_its_socket(host: str, family: int, raw_socket: socket.socket) -> None:
     prebuilt = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -443,6 +447,7 @@ async def test_adopt_twisted_caller_keeps_its_socket(host: str, family: int, raw
     await stopped(port)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_adopt_twisted_connected_socket_gives_connected_port(
     host: str, family: int, raw_socket: socket.socket
 ) -> None:
@@ -471,6 +476,7 @@ async def test_listen_twisted_refuses_bad_protocols(host: str) -> None:
     await stopped(port)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_listen_twisted_max_packet_size_drops_and_counts(host: str, raw_socket: socket.socket) -> None:
     protocol = Recorder()
     port = await listen_twisted(0, protocol, host, max_packet_size=8)
@@ -489,6 +495,7 @@ async def test_listen_twisted_broadcast_option(host: str) -> None:
     await stopped(port)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_listen_multicast_twisted_on_loopback() -> None:
     protocol = Recorder()
     port = await listen_multicast_twisted(0, protocol, "", listen_multiple=True)

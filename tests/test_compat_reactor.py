@@ -107,7 +107,8 @@ def test_twisted_udp_suite_passes_on_the_udpio_reactor(suite: str, loop: str) ->
 
 
 @pytest.fixture
-def reactor(loop_kind: str) -> Iterator[UdpioReactor]:
+def reactor(loop_kind: str, receive_strategy: str) -> Iterator[UdpioReactor]:
+    """A fresh reactor; its ports' transports use ``receive_strategy`` (every strategy in turn)."""
     loop = udpio.new_event_loop(loop_kind)
     built = UdpioReactor(loop)
     try:
@@ -682,6 +683,38 @@ def test_written_then_stopped_in_datagram_received_still_goes_out(reactor: Udpio
         return await peer.next()
 
     assert run(reactor, body)[0] == b"bye"
+
+
+@pytest.mark.parametrize("hold_writes", [True, False])
+def test_written_after_stop_listening_in_the_same_callback_still_goes_out(
+    loop_kind: str, receive_strategy: str, host: str, hold_writes: bool
+) -> None:
+    """Twisted's port closes in the reactor's next iteration (``connectionLost`` by ``callLater(0)``), so a
+    write made after ``stopListening`` in the same callback is sent; so it is here, held or not."""
+    loop = udpio.new_event_loop(loop_kind)
+    reactor = UdpioReactor(loop, hold_writes=hold_writes)
+    try:
+        peer = Recorder()
+        peer_port = reactor.listenUDP(0, peer, interface=host)
+
+        class StopThenWrite(DatagramProtocol):
+            def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+                self.transport.stopListening()  # type: ignore[union-attr]  # set while listening
+                self.transport.write(b"after stop", addr)  # type: ignore[union-attr]
+
+        server = reactor.listenUDP(0, StopThenWrite(), interface=host)
+
+        async def body() -> Any:
+            peer_port.write(b"go", (host, server.getHost().port))
+            return await peer.next()
+
+        assert run(reactor, body)[0] == b"after stop"
+    finally:
+        reactor.disconnectAll()
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        loop.close()
 
 
 # -- multicast, on lo only -----------------------------------------------------------------------------

@@ -28,9 +28,8 @@ from typing import Any
 import pytest
 
 from udpio import _sockopts
-from udpio._addr import MAX_PAYLOAD_IPV4
 from udpio._counters import Counters
-from udpio._transport import BATCH_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAMS_PER_EVENT, RECV_BUFFER_SIZE
+from udpio._limits import BATCH_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAMS_PER_EVENT, MAX_PAYLOAD_IPV4, RECV_BUFFER_SIZE
 
 if os.environ.get("UDPIO_NO_EXTENSIONS"):
     pytest.skip("UDPIO_NO_EXTENSIONS is set: this run is the pure-Python path's", allow_module_level=True)

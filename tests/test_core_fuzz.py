@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from udpio import _sockopts
-from udpio._addr import MAX_PAYLOAD_IPV4
+from udpio._limits import MAX_PAYLOAD_IPV4
 
 from .conftest import IPV6
 from .test_core import Limits, Sink, drain_socket, receivers

@@ -14,6 +14,9 @@ from udpio._transport import DatagramTransport
 
 from ._helpers import Collector
 
+#: Every test here runs once per receive strategy (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_strategy")
+
 
 async def test_listen_receives_and_replies(family: int, host: str, raw_socket: socket.socket) -> None:
     transport, proto = await udpio.listen(Collector, host, 0)
@@ -382,3 +385,24 @@ async def test_set_protocol_switches_between_batch_and_single(host: str, raw_soc
         assert [d for d, _ in await asyncio.wait_for(batches.get(), 5)] == [b"two"]
     finally:
         transport.close()
+
+
+async def test_closing_from_a_handler_accounts_for_every_datagram_read(host: str, raw_socket: socket.socket) -> None:
+    """A handler that closes its transport stops delivery at once (nothing after ``close()`` reaches a
+    handler); a strategy that had already read more of the socket counts those in ``dropped_on_close``, so
+    every datagram read was delivered or counted."""
+    delivered: list[bytes] = []
+
+    class ClosesAtOnce(Collector):
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            delivered.append(data)
+            self.transport.close()
+
+    transport, proto = await udpio.listen(ClosesAtOnce, host, 0)
+    addr = transport.get_extra_info("sockname")[:2]
+    for i in range(5):  # all queued before the loop reads
+        raw_socket.sendto(bytes([i]), addr)
+    await asyncio.wait_for(proto.lost, 5)
+    c = transport.counters
+    assert delivered == [b"\x00"]
+    assert c.datagrams_in == len(delivered) + c.dropped_on_close

@@ -13,6 +13,9 @@ from udpio import _sockopts
 
 from ._helpers import Collector
 
+#: Every test here runs once per receive strategy (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_strategy")
+
 
 def _gso_works(family: int, host: str) -> bool:
     with socket.socket(family, socket.SOCK_DGRAM) as s:
@@ -53,6 +56,7 @@ async def test_send_many_delivers_each_datagram(family: int, host: str) -> None:
         receiver.close()
 
 
+@pytest.mark.receive_features("gro")
 async def test_gro_splits_coalesced_receives(family: int, host: str) -> None:
     if not _gso_works(family, host):
         pytest.skip("kernel without UDP GSO: GRO cannot be provoked on loopback")
@@ -73,6 +77,7 @@ async def test_gro_splits_coalesced_receives(family: int, host: str) -> None:
         receiver.close()
 
 
+@pytest.mark.receive_features("gro")
 async def test_gro_with_per_datagram_protocol(host: str) -> None:
     receiver, proto = await udpio.listen(Collector, host, 0, gro=True)
     sender, _ = await udpio.listen(Collector, host, 0)
@@ -85,6 +90,7 @@ async def test_gro_with_per_datagram_protocol(host: str) -> None:
         receiver.close()
 
 
+@pytest.mark.receive_features("gro")
 async def test_gro_respects_max_size(host: str) -> None:
     receiver, proto = await udpio.listen(Batches, host, 0, gro=True, max_size=100)
     sender, _ = await udpio.listen(Collector, host, 0)
@@ -128,7 +134,11 @@ async def test_send_batch_replies_to_each_peer(host: str, family: int) -> None:
         server.close()
 
 
-@pytest.mark.parametrize("rxq_ovfl", [False, True], ids=["proc-net-udp", "SO_RXQ_OVFL"])
+@pytest.mark.parametrize(
+    "rxq_ovfl",
+    [False, pytest.param(True, marks=pytest.mark.receive_features("kernel_drops"))],
+    ids=["proc-net-udp", "SO_RXQ_OVFL"],
+)
 async def test_kernel_drops_are_counted(host: str, family: int, rxq_ovfl: bool) -> None:
     receiver, proto = await udpio.listen(
         Collector, host, 0, rcvbuf=4096, track_kernel_drops=rxq_ovfl
@@ -164,6 +174,7 @@ async def test_kernel_drops_are_counted(host: str, family: int, rxq_ovfl: bool) 
         receiver.close()
 
 
+@pytest.mark.receive_features("zero_copy", "gro")
 async def test_zero_copy_delivers_memoryviews_valid_in_the_handler(host: str) -> None:
     seen: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
@@ -186,7 +197,7 @@ async def test_zero_copy_delivers_memoryviews_valid_in_the_handler(host: str) ->
 
 
 async def test_batches_are_bounded_in_bytes(host: str, raw_socket: socket.socket) -> None:
-    from udpio._transport import BATCH_BYTES
+    from udpio._limits import BATCH_BYTES
 
     receiver, proto = await udpio.listen(Batches, host, 0, rcvbuf=1 << 22)
     try:

@@ -129,6 +129,7 @@ async def expect(proto: Collector, payload: bytes) -> Any:
 # -- joining, receiving, leaving ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_join_receive_leave(mc: Env) -> None:
     group = mc.group()
     transport, proto = await listen_member(group)
@@ -154,6 +155,7 @@ async def test_join_receive_leave(mc: Env) -> None:
             await close(transport, proto)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_several_groups_on_one_socket(mc: Env) -> None:
     groups = [mc.group() for _ in range(3)]
     transport, proto = await listen_member(groups[:2])
@@ -331,6 +333,7 @@ async def test_on_lo_loopback_and_ttl_do_not_stop_local_delivery(mc: Env) -> Non
 # -- source-specific multicast ------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_ssm_delivers_only_from_the_allowed_source(mc: Env) -> None:
     # The SSM ranges (RFC 4607): 232.0.0.0/8 and ff3x::/32; Linux does not insist on them.
     ssm_v4 = f"232.{random.randint(1, 254)}.0.{random.randint(1, 254)}"
@@ -386,6 +389,7 @@ async def test_any_source_leave_drops_the_sources_too(mc: Env) -> None:
 # -- shared ports ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_shared_port_two_members_both_receive(mc: Env) -> None:
     group = mc.group()
     first, proto1 = await listen_member(group, listen_multiple=True)
@@ -414,6 +418,7 @@ async def test_port_is_not_shared_unless_asked(mc: Env) -> None:
         await close(first, proto)
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_non_member_on_the_same_port_gets_nothing(mc: Env) -> None:
     """IP_MULTICAST_ALL is off: a socket gets the groups it joined, not every group joined on its port."""
     group, other_group = mc.group(), mc.group()
@@ -547,6 +552,7 @@ def test_notify_logic_answers_bytes_with_bytes() -> None:
         udpio.NotifyLogic(notify="Notify")  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("receive_strategy")
 async def test_notify_acknowledge_end_to_end(mc: Env) -> None:
     group = mc.group()
     member_events: asyncio.Queue[Any] = asyncio.Queue()
@@ -656,6 +662,8 @@ def test_public_names() -> None:
     assert os.path.basename(udpio._multicast.__file__) == "_multicast.py"
 
 
+@pytest.mark.usefixtures("receive_strategy")
+@pytest.mark.receive_features("gro")
 async def test_multicast_member_with_gro_receives_a_gso_train() -> None:
     """GRO on a multicast socket: a GSO train to the group arrives whole and in order (loopback, IPv4)."""
     group = "239.255.77.7"

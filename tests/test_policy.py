@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import udpio
-from udpio import _addr, _endpoint, _interfaces, _loop, _multicast, _policy, _sockopts, _workers
+from udpio import _addr, _interfaces, _loop, _multicast, _policy, _sockopts, _workers
 from udpio._cli import echo as cli_echo
 from udpio._notify import NotifyLogic
+from udpio._options import TransportOptions
 from udpio._policy import (
     DEFAULT_BLOCKED_PORTS,
     DROP_AMPLIFICATION,
@@ -455,7 +456,7 @@ def test_buffer_size_validator_property(value: Any) -> None:
 @given(max_size=anything, buffer_limit=anything)
 def test_endpoint_options_validator_property(max_size: Any, buffer_limit: Any) -> None:
     try:
-        _endpoint._check_options(max_size, buffer_limit)
+        TransportOptions(max_size=max_size, buffer_limit=buffer_limit)
     except udpio.InvalidArgumentError:
         return
     assert max_size is None or 0 <= max_size <= 65527

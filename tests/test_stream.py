@@ -10,6 +10,9 @@ import pytest
 
 import udpio
 
+#: Every test here runs once per receive strategy (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("receive_strategy")
+
 
 async def test_send_recv_roundtrip(family: int, host: str) -> None:
     async with await udpio.open_endpoint(host, 0) as server:

@@ -3,18 +3,17 @@
 The public API is exactly what ``__all__`` lists; everything else lives in private modules.
 """
 
-from ._addr import MAX_PAYLOAD_IPV4 as MAX_PAYLOAD_IPV4
-from ._addr import MAX_PAYLOAD_IPV6 as MAX_PAYLOAD_IPV6
 from ._addr import Address as Address
 from ._addr import format_address as format_address
+from ._awaitable import DatagramEndpoint as DatagramEndpoint
+from ._awaitable import open_endpoint as open_endpoint
+from ._connected import ConnectedProtocol as ConnectedProtocol
+from ._connected import PeerRefused as PeerRefused
 from ._counters import Counters as Counters
 from ._echo import EchoProtocol as EchoProtocol
 from ._echo import EchoServer as EchoServer
 from ._echo import serve_echo as serve_echo
 from ._echo import start_echo as start_echo
-from ._endpoint import adopt as adopt
-from ._endpoint import connect as connect
-from ._endpoint import listen as listen
 from ._errors import AlreadyJoinedError as AlreadyJoinedError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import EndpointBrokenError as EndpointBrokenError
@@ -30,10 +29,15 @@ from ._errors import MembershipError as MembershipError
 from ._errors import NoMulticastRouteError as NoMulticastRouteError
 from ._errors import NotJoinedError as NotJoinedError
 from ._errors import UnknownInterfaceError as UnknownInterfaceError
+from ._factories import adopt as adopt
+from ._factories import connect as connect
+from ._factories import listen as listen
 from ._interfaces import Interface as Interface
 from ._interfaces import list_interfaces as list_interfaces
 from ._interfaces import resolve_interface as resolve_interface
 from ._io_core import IO_CORE as IO_CORE
+from ._limits import MAX_PAYLOAD_IPV4 as MAX_PAYLOAD_IPV4
+from ._limits import MAX_PAYLOAD_IPV6 as MAX_PAYLOAD_IPV6
 from ._loop import loop_kind as loop_kind
 from ._loop import new_event_loop as new_event_loop
 from ._loop import run as run
@@ -53,6 +57,7 @@ from ._notify import NotifyProtocol as NotifyProtocol
 from ._notify import NotifyReceived as NotifyReceived
 from ._notify import NotifySent as NotifySent
 from ._notify import NotifyStep as NotifyStep
+from ._periodic import start_periodic_sender as start_periodic_sender
 from ._policy import DEFAULT_BLOCKED_PORTS as DEFAULT_BLOCKED_PORTS
 from ._policy import DROP_AMPLIFICATION as DROP_AMPLIFICATION
 from ._policy import DROP_BAD_ADDRESS as DROP_BAD_ADDRESS
@@ -64,11 +69,6 @@ from ._policy import DROP_SERVICE_PORT as DROP_SERVICE_PORT
 from ._policy import DROP_SOURCE_PORT_ZERO as DROP_SOURCE_PORT_ZERO
 from ._policy import DROP_SOURCE_RATE as DROP_SOURCE_RATE
 from ._policy import SafetyPolicy as SafetyPolicy
-from ._protocols import ConnectedProtocol as ConnectedProtocol
-from ._protocols import PeerRefused as PeerRefused
-from ._protocols import start_periodic_sender as start_periodic_sender
-from ._stream import DatagramEndpoint as DatagramEndpoint
-from ._stream import open_endpoint as open_endpoint
 from ._transport import DatagramTransport as DatagramTransport
 from ._workers import EchoWorkers as EchoWorkers
 from ._workers import serve_echo_workers as serve_echo_workers

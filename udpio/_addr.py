@@ -11,14 +11,10 @@ import socket
 from typing import TypeAlias
 
 from ._errors import DatagramTooLargeError, HostNotFoundError, InvalidAddressError, InvalidPortError
+from ._limits import MAX_PORT, max_payload
 
 #: ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as the socket module returns them.
 Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
-
-#: Largest UDP payload: 65535 (IPv4 total length) - 20 (IP header) - 8 (UDP header).
-MAX_PAYLOAD_IPV4 = 65507
-#: Largest UDP payload without jumbograms: 65535 (IPv6 payload length) - 8 (UDP header); see RFC 2675.
-MAX_PAYLOAD_IPV6 = 65527
 
 _FAMILIES = {0: "any", socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
@@ -37,14 +33,17 @@ def check_family(family: int) -> int:
 
 def check_port(port: object, what: str = "port") -> int:
     """Return ``port`` if it is an int in 0..65535, else raise :class:`InvalidPortError`."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
         raise InvalidPortError(port, what)
     return port
 
 
-def max_payload(family: int) -> int:
-    """The largest datagram a socket of ``family`` can send."""
-    return MAX_PAYLOAD_IPV6 if family == socket.AF_INET6 else MAX_PAYLOAD_IPV4
+def check_destination_port(port: object, what: str = "port") -> int:
+    """A port to send or connect to: an int in 1..65535 (0 means "any" when binding, and nothing as a
+    destination: the kernel refuses it with EINVAL or leaves the socket unconnected)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= MAX_PORT:
+        raise InvalidPortError(port, what, f"an int in 1..{MAX_PORT} (a destination)")
+    return port
 
 
 def check_size(size: int, family: int, limit: int | None = None) -> None:

@@ -11,12 +11,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 from ._addr import Address, format_address
 from ._counters import Counters
-from ._endpoint import listen
 from ._errors import EndpointClosedError, InvalidArgumentError
+from ._factories import listen
+from ._limits import DEFAULT_BUFFER_LIMIT
 from ._policy import SafetyPolicy
 from ._transport import DatagramTransport
 
@@ -181,15 +182,23 @@ async def start_echo(
     reuse_port: bool = False,
     max_size: int | None = None,
     policy: PolicyArg = "default",
-    **options: Any,
+    reuse_addr: bool = False,
+    broadcast: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    zero_copy: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> EchoServer:
     """Start an echo server and return it once it is bound (``server.address`` has the real port).
 
     Defaults follow the tutorial: ``127.0.0.1``, port 8007. ``policy`` decides which datagrams are answered:
     ``"default"`` is a fresh :class:`~udpio.SafetyPolicy()` (reflection guard on; per-source and global rate
     limits, loopback exempt), a ``SafetyPolicy(...)`` of your own configures it (one per server: it keeps
-    per-source state), ``None`` answers everything. Other options as :func:`udpio.listen` (``max_size``
-    drops and counts larger datagrams).
+    per-source state), ``None`` answers everything. The other options are :func:`udpio.listen`'s
+    (``max_size`` drops and counts larger datagrams). The echo protocol replies inside its handler, so
+    ``zero_copy`` is safe here.
     """
     chosen = make_policy(policy)
     transport, protocol = await listen(
@@ -198,8 +207,15 @@ async def start_echo(
         port,
         family=family,
         reuse_port=reuse_port,
+        reuse_addr=reuse_addr,
+        broadcast=broadcast,
+        rcvbuf=rcvbuf,
+        sndbuf=sndbuf,
         max_size=max_size,
-        **options,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
     )
     return EchoServer(transport, protocol)
 
@@ -212,14 +228,23 @@ async def serve_echo(
     reuse_port: bool = False,
     max_size: int | None = None,
     policy: PolicyArg = "default",
-    **options: Any,
+    reuse_addr: bool = False,
+    broadcast: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    zero_copy: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> None:
     """Run an echo server until cancelled, then shut it down: ``udpio.run(udpio.serve_echo())``.
 
     Same arguments as :func:`start_echo`.
     """
     server = await start_echo(
-        host, port, family=family, reuse_port=reuse_port, max_size=max_size, policy=policy, **options
+        host, port, family=family, reuse_port=reuse_port, max_size=max_size, policy=policy, reuse_addr=reuse_addr,
+        broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, gro=gro, track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy, buffer_limit=buffer_limit,
     )
     async with server:
         await server.serve_forever()

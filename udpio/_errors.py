@@ -15,6 +15,8 @@ import errno as _errno
 import socket
 from typing import Any
 
+from ._limits import MAX_PORT
+
 
 class InvalidArgumentError(ValueError):
     """A caller passed a value udpio cannot use; ``value`` holds it."""
@@ -27,10 +29,10 @@ class InvalidArgumentError(ValueError):
 
 
 class InvalidPortError(InvalidArgumentError):
-    """A port outside 0..65535 or not an int."""
+    """A port outside 0..65535 or not an int (or 0 where a destination is needed: 1..65535)."""
 
-    def __init__(self, value: Any, what: str = "port") -> None:
-        super().__init__(what, "an int in 0..65535", value)
+    def __init__(self, value: Any, what: str = "port", expected: str = f"an int in 0..{MAX_PORT}") -> None:
+        super().__init__(what, expected, value)
 
 
 class InvalidAddressError(InvalidArgumentError):

@@ -20,11 +20,11 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from . import _membership, _sockopts
 from ._addr import Address, check_family, check_port, family_name
-from ._endpoint import start_transport
+from ._awaitable import DEFAULT_QUEUE_SIZE, DatagramEndpoint, QueueProtocol
 from ._errors import (
     EndpointClosedError,
     InvalidAddressError,
@@ -34,8 +34,9 @@ from ._errors import (
     bind_error,
 )
 from ._interfaces import Interface, InterfaceSpec, check_group, check_source, is_loopback, resolve_interface
-from ._stream import DEFAULT_QUEUE_SIZE, DatagramEndpoint, _QueueProtocol
-from ._transport import DEFAULT_BUFFER_LIMIT, DatagramTransport
+from ._limits import DEFAULT_BUFFER_LIMIT
+from ._options import TransportOptions
+from ._transport import DatagramTransport, start_transport
 
 logger = logging.getLogger("udpio")
 
@@ -245,6 +246,16 @@ class MulticastControl:
             raise failure
         return left
 
+    def _roll_back(self, sock: socket.socket) -> None:
+        """Set-up failed: leave what was joined (logging, not raising, what cannot be left), close the socket."""
+        try:
+            self.leave_all()
+        except OSError as exc:  # pragma: no cover - leaving on a socket udpio just made does not fail
+            logger.debug("udpio: leaving groups during roll-back failed: %r", exc)
+        finally:
+            self._closed = True
+            sock.close()
+
     def close(self) -> list[GroupLeft]:
         """Leave every group, then close the endpoint's transport. Idempotent."""
         if self._closed:
@@ -335,6 +346,13 @@ async def listen_multicast(
     """
     check_port(port)
     check_family(family)
+    options = TransportOptions(
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
+    )
     groups = _groups(group)
     checked: list[str] = []
     for item in groups:
@@ -370,19 +388,11 @@ async def listen_multicast(
         for item in checked:
             control.join_group(item, iface, src)
     except BaseException:
-        _roll_back(control, sock)
+        control._roll_back(sock)
         raise
     _CONTROLS[sock] = control
     # start_transport closes the socket on failure; closing drops every membership (ip_mc_drop_socket()).
-    transport, protocol = await start_transport(
-        sock,
-        protocol_factory,
-        max_size=max_size,
-        gro=gro,
-        track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy,
-        buffer_limit=buffer_limit,
-    )
+    transport, protocol = await start_transport(sock, protocol_factory, options)
     control._attach(transport)
     return transport, protocol
 
@@ -395,17 +405,6 @@ def _bind_address(family: int, host: str, port: int) -> Address:
     return infos[0][4]  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
 
 
-def _roll_back(control: MulticastControl, sock: socket.socket) -> None:
-    """Set-up failed: leave what was joined (logging, not raising, what cannot be left), close the socket."""
-    try:
-        control.leave_all()
-    except OSError as exc:  # pragma: no cover - leaving on a socket udpio just made does not fail
-        logger.debug("udpio: leaving groups during roll-back failed: %r", exc)
-    finally:
-        control._closed = True
-        sock.close()
-
-
 class MulticastEndpoint(DatagramEndpoint):
     """An awaitable multicast endpoint (a :class:`~udpio.DatagramEndpoint`) made by :func:`open_multicast`.
 
@@ -414,7 +413,7 @@ class MulticastEndpoint(DatagramEndpoint):
     leaves every group.
     """
 
-    def __init__(self, transport: DatagramTransport, protocol: _QueueProtocol) -> None:
+    def __init__(self, transport: DatagramTransport, protocol: QueueProtocol) -> None:
         super().__init__(transport, protocol)
         self._control = multicast(transport)
         self._routed: set[str] = set()
@@ -455,17 +454,38 @@ class MulticastEndpoint(DatagramEndpoint):
 
 
 async def open_multicast(
-    port: int = 0, *, queue_size: int = DEFAULT_QUEUE_SIZE, **options: Any
+    port: int = 0,
+    *,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    group: str | Sequence[str] | None = None,
+    interface: InterfaceSpec = DEFAULT_INTERFACE,
+    source: str | None = None,
+    family: int = 0,
+    host: str | None = None,
+    listen_multiple: bool = False,
+    ttl: int = 1,
+    loopback: bool = True,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    max_size: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> MulticastEndpoint:
-    """An awaitable multicast endpoint: :func:`listen_multicast`'s options, ``await ep.send(data, (group,
-    port))``, ``await ep.recv()``, ``async for``, ``async with`` (which leaves every group on exit)."""
+    """An awaitable multicast endpoint: :func:`listen_multicast`'s options (but ``zero_copy``: the endpoint
+    queues what it receives, so it owns it), ``await ep.send(data, (group, port))``, ``await ep.recv()``,
+    ``async for``, ``async with`` (which leaves every group on exit)."""
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise InvalidArgumentError("queue_size", "an int >= 1 (datagrams)", queue_size)
 
-    def factory() -> _QueueProtocol:
-        return _QueueProtocol(queue_size)
+    def factory() -> QueueProtocol:
+        return QueueProtocol(queue_size)
 
-    transport, protocol = await listen_multicast(factory, port, **options)
+    transport, protocol = await listen_multicast(
+        factory, port, group=group, interface=interface, source=source, family=family, host=host,
+        listen_multiple=listen_multiple, ttl=ttl, loopback=loopback, rcvbuf=rcvbuf, sndbuf=sndbuf,
+        max_size=max_size, gro=gro, track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
+    )
     try:
         return MulticastEndpoint(transport, protocol)
     except BaseException:  # pragma: no cover - building the wrapper does not fail

@@ -6,6 +6,7 @@ Numbers the :mod:`socket` module of Python 3.10/3.11 does not export are defined
 
 from __future__ import annotations
 
+import array
 import errno
 import socket
 import struct
@@ -13,6 +14,9 @@ import sys
 
 from ._addr import check_family, family_name
 from ._errors import InvalidArgumentError
+from ._limits import C_INT_MAX
+
+IS_LINUX = sys.platform.startswith("linux")
 
 #: ``SO_RXQ_OVFL`` (socket(7), Linux >= 2.6.33): every datagram carries, as ancillary data, the uint32
 #: count of datagrams the kernel dropped on this socket because its receive queue was full.
@@ -40,6 +44,7 @@ MSG_ERRQUEUE: int = getattr(socket, "MSG_ERRQUEUE", 0x2000)
 #: ``None`` where there is no such ioctl (Windows): the transport then always drains until EAGAIN.
 try:
     import termios
+    from fcntl import ioctl as _ioctl
 except ImportError:  # pragma: no cover - Windows
     FIONREAD: int | None = None
 else:
@@ -54,17 +59,52 @@ def parse_icmp_error(level: int, kind: int, data: bytes) -> int:
     code, origin = _EXTENDED_ERR.unpack_from(data)[:2]
     return 0 if origin == _SO_EE_ORIGIN_LOCAL else int(code)
 
+
+def read_icmp_errors(sock: socket.socket, limit: int) -> list[int]:
+    """Read the socket's error queue empty (at most ``limit`` entries); the errnos of the ICMP errors in it.
+
+    Local errors are skipped (their send call failed and was reported). Without IP_RECVERR the queue is
+    empty and this costs one failing ``recvmsg``; elsewhere than Linux it does nothing.
+    """
+    found: list[int] = []
+    if not IS_LINUX:
+        return found
+    for _ in range(limit):
+        try:
+            _, ancdata, _, _ = sock.recvmsg(1, ERRQUEUE_SPACE, MSG_ERRQUEUE)
+        except OSError:  # EAGAIN: empty (the usual case, without IP_RECVERR); anything else: give up
+            break
+        for level, kind, cdata in ancdata:
+            code = parse_icmp_error(level, kind, cdata)
+            if code:
+                found.append(code)
+    return found
+
+
+def receive_queue_empty(fileno: int, answer: array.array[int]) -> bool:
+    """Whether the socket's receive queue is empty, asked with ``FIONREAD`` (``SIOCINQ``, udp(7)) into the
+    caller's reusable one-int ``answer``; ``False`` where the ioctl is missing or fails.
+
+    FIONREAD reports the size of the *next* datagram, so a queued zero-length datagram also reads as
+    empty: a caller ends its read event, and the still-readable socket brings the loop straight back.
+    """
+    if FIONREAD is None:  # pragma: no cover - Windows
+        return False
+    try:
+        _ioctl(fileno, FIONREAD, answer, True)
+    except OSError:
+        return False  # let the receive loop meet the error itself
+    return answer[0] == 0
+
 #: Errnos meaning "this kernel or protocol does not have that option": the only ones a best-effort
 #: option forgives. ENOPROTOOPT is Linux's answer; EINVAL comes from older kernels for unknown UDP levels;
 #: EOPNOTSUPP from BSD-derived stacks.
-_OPTION_MISSING = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP})
-
-IS_LINUX = sys.platform.startswith("linux")
+OPTION_MISSING = frozenset({errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP})
 
 
 #: ``SO_RCVBUF``/``SO_SNDBUF`` take a C ``int`` (socket(7)); a larger Python int would fail inside
 #: ``setsockopt`` with a TypeError instead of naming the value.
-_MAX_BUFFER_SIZE = 2**31 - 1
+_MAX_BUFFER_SIZE = C_INT_MAX
 
 
 def _check_buffer_size(value: object, what: str) -> int:
@@ -189,7 +229,7 @@ def enable_rxq_ovfl(sock: socket.socket) -> bool:
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
     except OSError as exc:
-        if exc.errno in _OPTION_MISSING:
+        if exc.errno in OPTION_MISSING:
             return False
         raise
     return True
@@ -207,7 +247,7 @@ def enable_gro(sock: socket.socket) -> bool:
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
     except OSError as exc:
-        if exc.errno in _OPTION_MISSING:
+        if exc.errno in OPTION_MISSING:
             return False
         raise
     return True
@@ -220,7 +260,7 @@ def gso_supported(sock: socket.socket) -> bool:
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)
     except OSError as exc:
-        if exc.errno in _OPTION_MISSING:
+        if exc.errno in OPTION_MISSING:
             return False
         raise
     return True

@@ -38,11 +38,11 @@ from . import _sockopts
 from ._addr import Address, check_family, check_port, format_address, resolve
 from ._counters import Counters, proc_net_drops
 from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
-from ._endpoint import _check_options, adopt
 from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
+from ._factories import adopt
 from ._loop import loop_kind, resolve_loop_kind, run
+from ._options import TransportOptions
 from ._policy import SafetyPolicy
-from ._transport import DEFAULT_BUFFER_LIMIT
 
 logger = logging.getLogger("udpio")
 
@@ -396,7 +396,7 @@ async def start_echo_workers(
     interval = _check_interval(report_interval, "report_interval")
     options = worker_policy_options(make_policy(policy), count)
     kind = resolve_loop_kind(loop) if loop is not None else loop_kind()
-    _check_options(max_size, DEFAULT_BUFFER_LIMIT)
+    TransportOptions(max_size=max_size)  # validated before any worker starts
     fam, address = await resolve(host, port, family)
     slots: list[_Slot] = []
     try:
@@ -428,10 +428,20 @@ async def serve_echo_workers(
     workers: int,
     host: str = "127.0.0.1",
     port: int = DEFAULT_ECHO_PORT,
-    **options: Any,
+    *,
+    family: int = 0,
+    max_size: int | None = None,
+    policy: PolicyArg = "default",
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    loop: str | None = None,
+    report_interval: float = DEFAULT_REPORT_INTERVAL,
 ) -> None:
-    """Run :func:`start_echo_workers` until cancelled, then stop the workers."""
-    pool = await start_echo_workers(workers, host, port, **options)
+    """Run :func:`start_echo_workers` (same arguments) until cancelled, then stop the workers."""
+    pool = await start_echo_workers(
+        workers, host, port, family=family, max_size=max_size, policy=policy, rcvbuf=rcvbuf, sndbuf=sndbuf,
+        loop=loop, report_interval=report_interval,
+    )
     async with pool:
         await pool.serve_forever()
 

@@ -68,7 +68,7 @@ async def main() -> dict[str, object]:
     buffered = 0
     for _ in range(5):
         sender_t.sendto(b"c" * 1000, dest)
-    buffered = len(sender_t._buffer)
+    buffered = sender_t.get_write_buffer_size() // 1000  # datagrams of 1000 bytes
     before = sink.count
     sink.expected = before + 5
     sink.all_in = asyncio.get_running_loop().create_future()
@@ -80,7 +80,7 @@ async def main() -> dict[str, object]:
     abort_t, _ = await udpio.listen(Sender, "127.0.0.1", 0, sndbuf=1024)
     for _ in range(10):
         abort_t.sendto(b"a" * 1000, dest)
-    pending = len(abort_t._buffer)
+    pending = abort_t.get_write_buffer_size() // 1000
     abort_t.abort()
     result["abort_pending"] = pending
     result["abort_dropped_on_close"] = abort_t.counters.dropped_on_close

@@ -7,10 +7,10 @@ import asyncio
 from typing import Any
 
 from .._addr import format_address
+from .._awaitable import open_endpoint
 from .._echo import start_echo
 from .._io_core import IO_CORE
 from .._loop import loop_kind
-from .._stream import open_endpoint
 from . import err
 
 

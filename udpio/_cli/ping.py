@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from .._addr import format_address
+from .._awaitable import open_endpoint
 from .._echo import DEFAULT_ECHO_PORT
-from .._stream import open_endpoint
 from . import add_endpoint_arguments, err
 
 _HEADER = struct.Struct("!4sQ")

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .._addr import format_address
-from .._stream import open_endpoint
+from .._awaitable import open_endpoint
 from . import add_endpoint_arguments, err
 from .listen import render
 

@@ -35,7 +35,7 @@ from typing import Any
 import udpio
 
 from .. import _sockopts
-from .._transport import GSO_MAX_SEGMENTS
+from .._limits import GSO_MAX_SEGMENTS
 
 #: Send and receive buffers asked for (the kernel caps them at ``net.core.wmem_max``/``rmem_max``). A
 #: large send buffer keeps the flood from being flow-controlled by a slow receiver: the surplus is

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import _sockopts
-from ._addr import Address, check_family, check_port, max_payload, resolve
-from ._errors import InvalidArgumentError, InvalidSocketError, bind_error
-from ._transport import DEFAULT_BUFFER_LIMIT, DatagramTransport
+from ._addr import Address, check_destination_port, check_family, check_port, resolve
+from ._errors import InvalidSocketError, bind_error
+from ._limits import C_INT_MAX, DEFAULT_BUFFER_LIMIT
+from ._options import TransportOptions
+from ._transport import DatagramTransport, start_transport
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -23,64 +25,11 @@ _WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 _LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
-def _check_options(max_size: int | None, buffer_limit: int) -> None:
-    if max_size is not None and (
-        isinstance(max_size, bool) or not isinstance(max_size, int) or not 0 <= max_size <= 65527
-    ):
-        raise InvalidArgumentError("max_size", "None or an int in 0..65527 (bytes)", max_size)
-    if isinstance(buffer_limit, bool) or not isinstance(buffer_limit, int) or buffer_limit < 0:
-        raise InvalidArgumentError("buffer_limit", "an int >= 0 (bytes)", buffer_limit)
-
-
 def _bind(sock: socket.socket, address: Address) -> None:
     try:
         sock.bind(address)
     except OSError as exc:
         raise bind_error(exc, address) from exc
-
-
-async def start_transport(
-    sock: socket.socket,
-    protocol_factory: Callable[[], P],
-    *,
-    remote: Address | None = None,
-    max_size: int | None = None,
-    gro: bool = False,
-    track_kernel_drops: bool = False,
-    zero_copy: bool = False,
-    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
-) -> tuple[DatagramTransport, P]:
-    """Wrap a ready (bound, non-blocking) socket owned by udpio; closes it if anything fails.
-
-    Building block for :func:`listen`, :func:`connect`, :func:`adopt` and the multicast endpoints.
-    """
-    loop = asyncio.get_running_loop()
-    try:
-        if max_size is not None and max_size > max_payload(sock.family):
-            raise InvalidArgumentError("max_size", f"at most {max_payload(sock.family)}", max_size)
-        protocol = protocol_factory()
-        transport = DatagramTransport(
-            loop,
-            sock,
-            protocol,
-            remote=remote,
-            max_size=max_size,
-            gro=gro,
-            track_kernel_drops=track_kernel_drops,
-            zero_copy=zero_copy,
-            buffer_limit=buffer_limit,
-        )
-    except BaseException:
-        sock.close()
-        raise
-    waiter: asyncio.Future[None] = loop.create_future()
-    loop.call_soon(transport._start, waiter)
-    try:
-        await waiter
-    except BaseException:
-        transport.abort()
-        raise
-    return transport, protocol
 
 
 async def listen(
@@ -121,7 +70,13 @@ async def listen(
     """
     check_port(port)
     check_family(family)
-    _check_options(max_size, buffer_limit)
+    options = TransportOptions(
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
+    )
     fam, address = await resolve(host, port, family)
     sock = _sockopts.open_socket(
         fam, reuse_port=reuse_port, reuse_addr=reuse_addr, rcvbuf=rcvbuf, sndbuf=sndbuf, broadcast=broadcast
@@ -131,15 +86,7 @@ async def listen(
     except BaseException:
         sock.close()
         raise
-    return await start_transport(
-        sock,
-        protocol_factory,
-        max_size=max_size,
-        gro=gro,
-        track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy,
-        buffer_limit=buffer_limit,
-    )
+    return await start_transport(sock, protocol_factory, options)
 
 
 async def connect(
@@ -168,10 +115,16 @@ async def connect(
     endpoint keeps working. ``local_host``/``local_port`` bind the local end first (by default the kernel
     picks the source address and port when connecting). Other options as :func:`listen`.
     """
-    check_port(port)
+    check_destination_port(port)
     check_port(local_port, "local_port")
     check_family(family)
-    _check_options(max_size, buffer_limit)
+    options = TransportOptions(
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
+    )
     fam, remote = await resolve(host, port, family)
     local: Address | None = None
     if local_host is not None or local_port:
@@ -186,16 +139,7 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    return await start_transport(
-        sock,
-        protocol_factory,
-        remote=peer,
-        max_size=max_size,
-        gro=gro,
-        track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy,
-        buffer_limit=buffer_limit,
-    )
+    return await start_transport(sock, protocol_factory, options, remote=peer)
 
 
 def validated_duplicate(sock: socket.socket | int) -> socket.socket:
@@ -208,6 +152,9 @@ def validated_duplicate(sock: socket.socket | int) -> socket.socket:
     fd = sock.fileno() if isinstance(sock, socket.socket) else sock
     if fd < 0:
         raise InvalidSocketError(sock, "an open socket (this one is closed)")
+    if fd > C_INT_MAX:
+        # os.get_blocking would raise OverflowError: a descriptor is a C int (open(2)).
+        raise InvalidSocketError(sock, f"a file descriptor, an int in 0..{C_INT_MAX}")
     try:
         blocking = os.get_blocking(fd)
         duplicate = os.dup(fd)
@@ -255,7 +202,13 @@ async def adopt(
     closing the transport closes only udpio's duplicate. A connected socket gives a connected endpoint.
     A blocking socket, a non-UDP socket or a closed descriptor raises :class:`~udpio.InvalidSocketError`.
     """
-    _check_options(max_size, buffer_limit)
+    options = TransportOptions(
+        max_size=max_size,
+        gro=gro,
+        track_kernel_drops=track_kernel_drops,
+        zero_copy=zero_copy,
+        buffer_limit=buffer_limit,
+    )
     own = validated_duplicate(sock)
     try:
         remote: Address | None = own.getpeername()
@@ -264,13 +217,4 @@ async def adopt(
     except BaseException:
         own.close()
         raise
-    return await start_transport(
-        own,
-        protocol_factory,
-        remote=remote,
-        max_size=max_size,
-        gro=gro,
-        track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy,
-        buffer_limit=buffer_limit,
-    )
+    return await start_transport(own, protocol_factory, options, remote=remote)

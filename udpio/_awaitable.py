@@ -12,12 +12,12 @@ import collections
 import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
 
 from ._addr import Address
 from ._counters import Counters
-from ._endpoint import adopt, connect, listen
 from ._errors import EndpointBrokenError, EndpointBusyError, EndpointClosedError, InvalidArgumentError
+from ._factories import adopt, connect, listen
+from ._limits import DEFAULT_BUFFER_LIMIT
 from ._transport import DatagramTransport
 
 #: Datagrams held for a program that has not called ``recv`` yet: at 64 KiB each at most 64 MiB; a
@@ -25,7 +25,7 @@ from ._transport import DatagramTransport
 DEFAULT_QUEUE_SIZE = 1024
 
 
-class _QueueProtocol(asyncio.DatagramProtocol):
+class QueueProtocol(asyncio.DatagramProtocol):
     """Feeds a bounded deque; one waiter at a time; errors queued in order with the datagrams."""
 
     def __init__(self, queue_size: int) -> None:
@@ -40,6 +40,8 @@ class _QueueProtocol(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # only udpio's transport builds this protocol
+        # The transport's Counters object itself (its ``counters`` property reads /proc on every access).
+        self.counters: Counters = transport.get_extra_info("counters")
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -49,8 +51,7 @@ class _QueueProtocol(asyncio.DatagramProtocol):
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
         room = self.queue_size - len(self.queue)
         if room < len(batch):
-            assert self.transport is not None
-            self.transport._counters.dropped_queue += len(batch) - max(room, 0)
+            self.counters.dropped_queue += len(batch) - max(room, 0)
             batch = batch[: max(room, 0)]
         self.queue.extend(batch)
         self._wake()
@@ -83,7 +84,7 @@ class DatagramEndpoint:
     Not thread-safe, except :meth:`send_threadsafe`: use it to send from another thread.
     """
 
-    def __init__(self, transport: DatagramTransport, protocol: _QueueProtocol) -> None:
+    def __init__(self, transport: DatagramTransport, protocol: QueueProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
@@ -202,7 +203,16 @@ async def open_endpoint(
     remote: Address | None = None,
     sock: socket.socket | int | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
-    **options: Any,
+    family: int = 0,
+    reuse_port: bool = False,
+    reuse_addr: bool = False,
+    broadcast: bool = False,
+    rcvbuf: int | None = None,
+    sndbuf: int | None = None,
+    max_size: int | None = None,
+    gro: bool = False,
+    track_kernel_drops: bool = False,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
 ) -> DatagramEndpoint:
     """Open an awaitable UDP endpoint.
 
@@ -212,15 +222,20 @@ async def open_endpoint(
     * ``open_endpoint(sock=s)``: adopt a bound non-blocking UDP socket or descriptor (udpio works on a
       duplicate; the caller still owns and closes ``s``).
 
-    ``queue_size`` bounds the receive queue (datagrams); other keyword ``options`` go to
-    :func:`udpio.listen` / :func:`udpio.connect` / :func:`udpio.adopt`.
+    ``queue_size`` bounds the receive queue (datagrams). The other options are :func:`udpio.listen`'s (with
+    ``remote=``: :func:`udpio.connect`'s, which has no ``reuse_addr``; with ``sock=``: the adopted socket
+    keeps its own socket options, so only ``max_size``, ``gro``, ``track_kernel_drops`` and ``buffer_limit``
+    apply). There is no ``zero_copy``: the endpoint queues what it receives, so it must own it (a view into
+    udpio's reused receive buffer is only valid during a protocol's handler call).
     """
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise InvalidArgumentError("queue_size", "an int >= 1 (datagrams)", queue_size)
 
-    def factory() -> _QueueProtocol:
-        return _QueueProtocol(queue_size)
+    def factory() -> QueueProtocol:
+        return QueueProtocol(queue_size)
 
+    socket_options = {"family": family, "reuse_port": reuse_port, "reuse_addr": reuse_addr,
+                      "broadcast": broadcast, "rcvbuf": rcvbuf, "sndbuf": sndbuf}
     transport: DatagramTransport
     if sock is not None:
         if host is not None or port or remote is not None:
@@ -228,13 +243,27 @@ async def open_endpoint(
                 "arguments", "either sock= or host/port/remote, not both",
                 {"sock": sock, "host": host, "port": port, "remote": remote},
             )
-        transport, protocol = await adopt(factory, sock, **options)
+        for name, value in socket_options.items():
+            if value:  # every socket option's default is falsy (0, False, None)
+                raise InvalidArgumentError(name, "left out with sock= (an adopted socket keeps its options)", value)
+        transport, protocol = await adopt(
+            factory, sock, max_size=max_size, gro=gro, track_kernel_drops=track_kernel_drops,
+            buffer_limit=buffer_limit,
+        )
     elif remote is not None:
         if not isinstance(remote, tuple) or len(remote) < 2:
             raise InvalidArgumentError("remote", "a (host, port) tuple", remote)
+        if reuse_addr:
+            raise InvalidArgumentError("reuse_addr", "False with remote= (a connected endpoint)", reuse_addr)
         transport, protocol = await connect(
-            factory, remote[0], remote[1], local_host=host, local_port=port, **options
+            factory, remote[0], remote[1], local_host=host, local_port=port, family=family,
+            reuse_port=reuse_port, broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, max_size=max_size,
+            gro=gro, track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
         )
     else:
-        transport, protocol = await listen(factory, "127.0.0.1" if host is None else host, port, **options)
+        transport, protocol = await listen(
+            factory, "127.0.0.1" if host is None else host, port, family=family, reuse_port=reuse_port,
+            reuse_addr=reuse_addr, broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, max_size=max_size,
+            gro=gro, track_kernel_drops=track_kernel_drops, buffer_limit=buffer_limit,
+        )
     return DatagramEndpoint(transport, protocol)

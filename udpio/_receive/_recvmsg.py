@@ -1,0 +1,224 @@
+"""The two ``recvmsg`` strategies, for sockets whose receives carry control messages: :class:`Recvmsg` (UDP
+GRO, ``SO_RXQ_OVFL``) and :class:`ZeroCopy` (the same, received into a reused arena and delivered as views).
+
+GRO: the kernel may hand several equal-sized datagrams from one sender as one buffer, with the segment size
+in a ``UDP_GRO`` control message (udp(7)); they are split again here, so handlers never see the difference.
+``SO_RXQ_OVFL`` (socket(7)): each receive carries the kernel's running drop count for the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from typing import Any
+
+from .. import _sockopts
+from .._limits import BATCH_BYTES, RECV_BUFFER_SIZE
+from ._seam import ReceiveConfig, ReceiveSink, StrategyBase
+
+logger = logging.getLogger("udpio")
+
+#: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages.
+ANCILLARY_SPACE = socket.CMSG_SPACE(4) * 2
+#: zero_copy: the receive arena: one batch plus one maximal receive (a GRO train), reused for every list
+#: while no view of it survives its handler, so it stays in cache.
+ARENA_SIZE = BATCH_BYTES + RECV_BUFFER_SIZE
+_GRO_SEGMENT = struct.Struct("=i")
+
+
+class Recvmsg(StrategyBase):
+    """``recvmsg`` with control messages: GRO trains split at the segment size, the kernel drop count kept
+    in ``counters.kernel_drops``; lists of about ``batch_bytes`` (one call per item without
+    ``datagrams_received``)."""
+
+    def __init__(
+        self, sock: socket.socket, protocol: asyncio.BaseProtocol, config: ReceiveConfig, sink: ReceiveSink
+    ) -> None:
+        super().__init__(sock, protocol, config, sink)
+        # With GRO a receive may hold a whole train: ask for the largest buffer, and apply max_size per piece.
+        self._size = RECV_BUFFER_SIZE if config.gro else self._recv_size
+
+    def read_event(self) -> None:
+        if self._stopped:
+            return
+        batch: list[tuple[bytes, Any]] = []
+        append = batch.append
+        recvmsg = self._sock.recvmsg
+        size = self._size
+        top = self._max_size
+        limit = self._batch_bytes
+        sink = self._sink
+        counters = self._counters
+        chunk = oversize = gro_batches = 0
+        try:
+            for _ in range(self._per_event):
+                segment = 0
+                try:
+                    data, ancdata, flags, addr = recvmsg(size, ANCILLARY_SPACE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if sink.receive_error(exc):
+                        break
+                    continue
+                length = len(data)
+                for level, kind, cdata in ancdata:
+                    if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
+                        segment = _GRO_SEGMENT.unpack_from(cdata)[0]
+                    elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
+                        counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+                if flags & socket.MSG_TRUNC:
+                    oversize += 1
+                elif segment and length > segment:
+                    gro_batches += 1
+                    for start in range(0, length, segment):
+                        piece = data[start : start + segment]
+                        if len(piece) > top:
+                            oversize += 1
+                        else:
+                            append((piece, addr))
+                            chunk += len(piece)
+                elif length > top:
+                    oversize += 1
+                else:
+                    append((data, addr))
+                    chunk += length
+                if chunk >= limit:
+                    self._flush(batch, chunk)
+                    batch = []
+                    append = batch.append
+                    chunk = 0
+                    if self._stopped:
+                        return
+        finally:
+            counters.dropped_oversize += oversize
+            counters.gro_batches += gro_batches
+        if batch:
+            if self._stopped:
+                self._drop_unsent(batch, chunk)
+            else:
+                self._flush(batch, chunk)
+
+
+class ZeroCopy(StrategyBase):
+    """``recvmsg_into`` a preallocated arena, delivering ``memoryview`` slices of it: no copy at all.
+
+    A view is valid during the handler call only, and that is enforced rather than hoped for:
+
+    * when the handler returns, every view of its list is released, so a view (or list) kept past the call
+      raises :class:`ValueError` on use instead of silently showing later datagrams;
+    * then the arena is reused only if nothing of it survives: a sub-slice or a buffer export the handler
+      made (``view[2:]``, ``numpy.frombuffer(view)``) keeps the old arena alive for itself, unchanged for
+      ever, and the strategy takes a fresh one. The check is one failed-or-not resize of the arena's
+      ``bytearray``, which refuses to resize while any view of it exists.
+
+    Without ``zero_copy`` in its configuration (forced for tests on an ordinary endpoint) it delivers
+    ``bytes`` copies, so its read loop runs under every receive test.
+    """
+
+    def __init__(
+        self, sock: socket.socket, protocol: asyncio.BaseProtocol, config: ReceiveConfig, sink: ReceiveSink
+    ) -> None:
+        super().__init__(sock, protocol, config, sink)
+        self._size = RECV_BUFFER_SIZE if config.gro else self._recv_size
+        self._bytes = bytearray(ARENA_SIZE)
+        self._arena = memoryview(self._bytes)
+        self._views = config.zero_copy
+
+    def read_event(self) -> None:
+        if self._stopped:
+            return
+        batch: list[tuple[Any, Any]] = []
+        append = batch.append
+        recvmsg_into = self._sock.recvmsg_into
+        arena = self._arena
+        room = ARENA_SIZE - RECV_BUFFER_SIZE  # a list is closed before the arena's tail is too short
+        offset = 0
+        size = self._size
+        top = self._max_size
+        limit = self._batch_bytes
+        sink = self._sink
+        counters = self._counters
+        chunk = oversize = gro_batches = 0
+        view: Any = None  # this loop's own views of the arena, dropped before the arena is checked
+        data: Any = None
+        piece: Any = None
+        try:
+            for _ in range(self._per_event):
+                segment = 0
+                view = arena[offset : offset + size]
+                try:
+                    length, ancdata, flags, addr = recvmsg_into([view], ANCILLARY_SPACE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if sink.receive_error(exc):
+                        break
+                    continue
+                data = view[:length]
+                offset += length
+                for level, kind, cdata in ancdata:
+                    if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
+                        segment = _GRO_SEGMENT.unpack_from(cdata)[0]
+                    elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
+                        counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+                if flags & socket.MSG_TRUNC:
+                    oversize += 1
+                elif segment and length > segment:
+                    gro_batches += 1
+                    for start in range(0, length, segment):
+                        piece = data[start : start + segment]
+                        if len(piece) > top:
+                            oversize += 1
+                        else:
+                            append((piece, addr))
+                            chunk += len(piece)
+                elif length > top:
+                    oversize += 1
+                else:
+                    append((data, addr))
+                    chunk += length
+                if chunk >= limit or offset > room:
+                    view = data = piece = None
+                    if batch:
+                        arena = self._deliver(batch, chunk, arena)
+                        batch = []
+                        append = batch.append
+                    chunk = offset = 0
+                    if self._stopped:
+                        return
+        finally:
+            counters.dropped_oversize += oversize
+            counters.gro_batches += gro_batches
+        view = data = piece = None
+        if batch:
+            if self._stopped:
+                self._drop_unsent(batch, chunk)
+            else:
+                self._deliver(batch, chunk, arena)
+
+    def _deliver(self, batch: list[tuple[Any, Any]], nbytes: int, arena: memoryview) -> memoryview:
+        """Deliver a list; returns the arena for the next one (the same, or a fresh one, see the class doc)."""
+        if not self._views:
+            self._flush([(bytes(view), addr) for view, addr in batch], nbytes)
+            return arena
+        try:
+            self._flush(batch, nbytes)
+        finally:
+            for view, _ in batch:
+                # BufferError: the handler made an export of it; the arena check below sees it.
+                with contextlib.suppress(BufferError):
+                    view.release()
+            arena.release()
+            try:
+                self._bytes.append(0)  # refused while any view of the arena is alive
+            except BufferError:
+                logger.debug("udpio: a zero_copy handler kept a view of the receive arena; taking a fresh one")
+                self._bytes = bytearray(ARENA_SIZE)
+            else:
+                del self._bytes[-1]
+            self._arena = memoryview(self._bytes)
+        return self._arena
