@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from .._addr import format_address
 from .._echo import start_echo
-from .._loop import loop_kind
+from .._loop import loop_kind, wait_within
 from .._stream import open_endpoint
 from . import err
 
@@ -29,7 +28,7 @@ async def run(args: argparse.Namespace) -> int:
             for i in range(args.count):
                 message = f"hello #{i} from udpio".encode()
                 await ep.send(message)
-                data, addr = await asyncio.wait_for(ep.recv(), 5)
+                data, addr = await wait_within(ep.recv(), 5)
                 print(f"sent {message!r}, got {data!r} back from {format_address(addr)}")
         counters = server.counters
         print(f"server counters: {counters.datagrams_in} in, {counters.datagrams_out} out, {counters.dropped} dropped")

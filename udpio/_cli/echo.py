@@ -26,7 +26,7 @@ from .._policy import (
     parse_network,
 )
 from .._workers import EchoWorkers, start_echo_workers
-from . import add_endpoint_arguments, err
+from . import add_endpoint_arguments, err, seconds
 
 
 def _port(text: str) -> int:
@@ -61,7 +61,8 @@ def register(sub: Any) -> None:
         help="serve from N processes sharing the port through SO_REUSEPORT (crashed ones are restarted)",
     )
     parser.add_argument(
-        "--stats-interval", type=float, default=None, metavar="SECONDS", help="print the counters this often"
+        "--stats-interval", type=seconds(zero=False), default=None, metavar="SECONDS",
+        help="print the counters this often",
     )
     policy = parser.add_argument_group("safety policy")
     policy.add_argument("--no-policy", action="store_true", help="answer every datagram (no guard, no limits)")
@@ -152,9 +153,6 @@ async def _print_periodically(interval: float, describe: Callable[[], str]) -> N
 
 
 async def run(args: argparse.Namespace) -> int:
-    if args.stats_interval is not None and not args.stats_interval > 0:
-        err(f"udpio echo: error: --stats-interval must be > 0 seconds, got {args.stats_interval}")
-        return 2
     policy = build_policy(args)
     target: EchoServer | EchoWorkers
     if args.workers is None:
