@@ -17,6 +17,8 @@ EXPECTED = {
     "EndpointBusyError", "EndpointClosedError", "HostNotFoundError", "InvalidAddressError", "InvalidArgumentError",
     "InvalidPortError", "InvalidSocketError", "PeerRefused", "adopt", "connect", "format_address", "listen",
     "loop_kind", "new_event_loop", "open_endpoint", "run", "serve_echo", "start_echo", "start_periodic_sender",
+    "SafetyPolicy", "PolicyConfig", "DropReason", "NotifyRefused", "DROP_LOOP", "DROP_MAPPED_SOURCE",
+    "DROP_NOT_UNICAST", "DROP_DENIED",
 }
 
 

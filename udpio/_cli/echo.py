@@ -49,8 +49,10 @@ def register(sub: Any) -> None:
         help="run an echo server",
         description=(
             "Echo every datagram back to its sender. Safe by default: no replies to source port 0, to "
-            "well-known UDP service ports or to the server's own port; per-source and global rate limits "
-            "(loopback exempt). Counters are printed on exit."
+            "well-known UDP service ports or to the server's own port, none to a reply of this server that keeps "
+            "coming back (a loop with another server, on any port), none to multicast, broadcast or forged "
+            "IPv4-mapped sources; per-source and global rate limits (loopback exempt). Counters are printed "
+            "on exit."
         ),
     )
     add_endpoint_arguments(parser, default_port=DEFAULT_ECHO_PORT)
@@ -68,7 +70,8 @@ def register(sub: Any) -> None:
     policy.add_argument("--no-policy", action="store_true", help="answer every datagram (no guard, no limits)")
     policy.add_argument(
         "--no-reflection-guard", action="store_true",
-        help="also answer source port 0, service ports and the server's own port",
+        help="also answer source port 0, service ports and the server's own port, and replies that come back "
+        "(the loop guard)",
     )
     policy.add_argument(
         "--block-port", type=_port, action="append", default=[], metavar="PORT",
