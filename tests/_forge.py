@@ -71,9 +71,9 @@ def _mac(ns: str, device: str) -> str:
 
 def shape(ns: str, device: str) -> str:
     """Make ``device`` a slow link: ``netem delay 40ms`` where the kernel has netem, else a token bucket at
-    16 kbit/s (a 100-byte frame takes 50 ms to go out). Either way a round trip is far longer than the
+    8 kbit/s (a 50-byte frame takes 50 ms to go out). Either way a round trip is far longer than the
     5 ms in which the default per-source bucket gets a token back. Returns what was set."""
-    for qdisc in (("netem", "delay", "40ms"), ("tbf", "rate", "16kbit", "burst", "200", "latency", "5s")):
+    for qdisc in (("netem", "delay", "40ms"), ("tbf", "rate", "8kbit", "burst", "200", "latency", "5s")):
         try:
             _netns.ip("netns", "exec", ns, "tc", "qdisc", "add", "dev", device, "root", *qdisc)
         except RuntimeError:

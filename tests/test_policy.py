@@ -44,6 +44,7 @@ from udpio._policy import (
     DROP_SOURCE_PORT_ZERO,
     DROP_SOURCE_RATE,
     LOOP_MAX_RETURNS,
+    LOOP_PERSISTS,
     LOOP_WINDOW,
     PolicyConfig,
     SafetyPolicy,
@@ -228,16 +229,19 @@ def test_loop_guard_breaks_a_loop_between_servers_on_any_ports() -> None:
     assert policy.admit(b"other", peer, now) is None
 
 
-@pytest.mark.parametrize("round_trip", [0.0001, 0.3, LOOP_WINDOW * 0.99])
-def test_loop_guard_holds_on_slow_links_and_exempt_sources(round_trip: float) -> None:
-    """Whatever the link (a round trip up to LOOP_WINDOW) and even for sources exempt from rate limits."""
+@pytest.mark.parametrize("round_trip", [0.0001, 0.01, 0.3, LOOP_WINDOW * 0.99])
+def test_loop_guard_holds_on_any_link_and_for_exempt_sources(round_trip: float) -> None:
+    """Whatever the link (a round trip up to LOOP_WINDOW) and even for sources exempt from rate limits: the
+    loop ends after LOOP_MAX_RETURNS round trips or LOOP_PERSISTS seconds, whichever is longer."""
+    bound = max(LOOP_MAX_RETURNS, math.ceil(LOOP_PERSISTS / round_trip)) + 2
     for peer in (("127.0.0.1", 7007), ("::1", 7007, 0, 0), ("198.51.100.9", 33333)):
         policy = SafetyPolicy(rate=None, global_rate=None)
-        now = 0.0
-        for i in range(LOOP_MAX_RETURNS + 1):
-            assert policy.admit(b"x" * 100, peer, now) is None, i
+        now, trips = 0.0, 0
+        while policy.admit(b"x" * 100, peer, now) is None:
+            trips += 1
+            assert trips <= bound, trips
             now += round_trip
-        assert policy.admit(b"x" * 100, peer, now) == DROP_LOOP
+        assert trips >= LOOP_MAX_RETURNS + 1
 
 
 def test_loop_guard_forgets_after_the_window_and_is_bounded() -> None:
@@ -246,6 +250,7 @@ def test_loop_guard_forgets_after_the_window_and_is_bounded() -> None:
     now = 0.0
     for _ in range(LOOP_MAX_RETURNS + 1):
         assert policy.admit(b"heartbeat", peer, now) is None
+        now += 0.1
     # A client repeating one payload after a pause longer than the memory (at most 3 windows) starts afresh.
     assert policy.admit(b"heartbeat", peer, now + 3 * LOOP_WINDOW) is None
     # Memory is bounded whatever the traffic: many distinct replies in no time.
@@ -254,22 +259,29 @@ def test_loop_guard_forgets_after_the_window_and_is_bounded() -> None:
     assert policy.tracked_replies <= _policy.MAX_TRACKED_REPLIES
 
 
-def test_loop_guard_costs_a_constant_payload_client_one_datagram_in_k_plus_two() -> None:
-    """The documented cost: a client repeating one payload from one socket loses one in LOOP_MAX_RETURNS + 2."""
-    policy = SafetyPolicy(rate=None, global_rate=None)
-    verdicts = [policy.admit(b"same", ("192.0.2.7", 40000), 1.0) for _ in range(10 * (LOOP_MAX_RETURNS + 2))]
+def test_loop_guard_cost_for_a_client_repeating_one_payload() -> None:
+    """The documented cost, for a client that sends one unchanging payload from one socket: a burst costs
+    nothing, a steady stream one datagram every LOOP_PERSISTS seconds, a slow repeater one in K + 2."""
+    peer = ("192.0.2.7", 40000)
+    burst = SafetyPolicy(rate=None, global_rate=None)
+    assert all(burst.admit(b"same", peer, 1.0) is None for _ in range(1000))  # a benchmark's window, at once
+    stream = SafetyPolicy(rate=None, global_rate=None)
+    verdicts = [stream.admit(b"same", peer, 1.0 + i / 1000) for i in range(2000)]  # 1000/s for 2 s
+    assert 2 / LOOP_PERSISTS - 1 <= verdicts.count(DROP_LOOP) <= 2 / LOOP_PERSISTS
+    heartbeat = SafetyPolicy(rate=None, global_rate=None)
+    verdicts = [heartbeat.admit(b"same", peer, float(i)) for i in range(10 * (LOOP_MAX_RETURNS + 2))]  # 1/s
     assert verdicts.count(DROP_LOOP) == 10
 
 
 def test_loop_guard_off_with_the_reflection_guard_and_zero_copy_buffers() -> None:
     off = SafetyPolicy(reflection_guard=False, rate=None, global_rate=None)
-    assert all(off.admit(b"x", ("192.0.2.7", 7007), 0.0) is None for _ in range(100))
+    assert all(off.admit(b"x", ("192.0.2.7", 7007), float(i)) is None for i in range(100))
     assert off.tracked_replies == 0
     on = SafetyPolicy(rate=None, global_rate=None)
     view = memoryview(bytearray(b"zero copy"))  # what a zero-copy transport delivers: not hashable
-    batch = [(view, ("192.0.2.7", 7007))] * (LOOP_MAX_RETURNS + 2)
     dropped: list[str] = []
-    assert len(on.filter(batch, 0.0, dropped.append)) == LOOP_MAX_RETURNS + 1
+    answered = sum(len(on.filter([(view, ("192.0.2.7", 7007))], float(i), dropped.append)) for i in range(10))
+    assert answered == LOOP_MAX_RETURNS + 1
     assert dropped == [DROP_LOOP]
 
 
@@ -278,8 +290,8 @@ def test_loop_guard_remembers_the_reply_a_responder_sends() -> None:
     Notify is not a loop, and an Acknowledge coming back is recognised as this member's own."""
     policy = SafetyPolicy(rate=None, global_rate=None)
     sender = ("192.0.2.7", 8001)
-    assert all(policy.admit(b"Notify", sender, 0.0, reply=b"Acknowledge") is None for _ in range(50))
-    verdicts = [policy.admit(b"Acknowledge", sender, 0.0) for _ in range(LOOP_MAX_RETURNS + 1)]
+    assert all(policy.admit(b"Notify", sender, i / 10, reply=b"Acknowledge") is None for i in range(50))
+    verdicts = [policy.admit(b"Acknowledge", sender, 5 + i / 10) for i in range(LOOP_MAX_RETURNS + 1)]
     assert verdicts[-1] == DROP_LOOP
 
 

@@ -68,8 +68,9 @@ class DropReason(str, enum.Enum):
     DENIED = "denied"
     #: An allow list is set and the source is not in it.
     NOT_ALLOWED = "not_allowed"
-    #: This server's own reply came back from the peer it was sent to more than :data:`LOOP_MAX_RETURNS`
-    #: times: the peer answers everything too, and answering again would keep a loop going.
+    #: This server's own reply kept coming back from the peer it was sent to (more than
+    #: :data:`LOOP_MAX_RETURNS` times, over :data:`LOOP_PERSISTS` seconds or more): the peer answers everything
+    #: too, and answering again would keep a loop going.
     LOOP = "loop"
     #: The source's token bucket is empty.
     SOURCE_RATE = "source_rate"
@@ -141,15 +142,22 @@ _VERDICT_CACHE_SIZE = 4096
 # forged datagram starts them: about 5,000 round trips a second on loopback, and across hosts a trickle that
 # no per-source bucket stops (a round trip of 5 ms or more stays under the default 200/s refill). Port rules
 # only catch known ports; what every such loop has in common is that the peer sends back *exactly* the bytes
-# this server just sent it, again and again. So the policy remembers each reply (a keyed hash of peer, port
-# and bytes) and counts how often it comes back from that peer; the return after LOOP_MAX_RETURNS is not
-# answered, and one unanswered datagram ends a loop. Cost: a client that sends one unchanging payload from one
-# socket, again within the window, looks the same and loses one datagram in LOOP_MAX_RETURNS + 2; clients that
-# vary the payload (sequence numbers, timestamps: udpio ping, the tutorial's client) never meet the guard.
+# this server just sent it, again and again, for as long as it runs. So the policy remembers each reply (a
+# keyed hash of peer, port and bytes) and counts how often it comes back from that peer; once it has come back
+# more than LOOP_MAX_RETURNS times over at least LOOP_PERSISTS seconds, the next return is not answered, and
+# one unanswered datagram ends a loop. A client that sends one unchanging payload from one socket looks the
+# same and pays for it: a burst (a benchmark's window of identical requests) shorter than LOOP_PERSISTS costs
+# nothing, a steady stream loses one datagram every LOOP_PERSISTS seconds, a slow repeater (a heartbeat) one
+# in LOOP_MAX_RETURNS + 2. Clients that vary the payload (sequence numbers, timestamps: udpio ping, the
+# tutorial's client) never meet the guard.
 
-#: Returns of one reply answered before the next is refused (:attr:`DropReason.LOOP`): a loop lasts at most
-#: this many round trips plus one, on any link.
+#: Returns of one reply answered at least before one is refused (:attr:`DropReason.LOOP`): over a slow link a
+#: loop lasts at most this many round trips plus one (or LOOP_PERSISTS, whichever is longer).
 LOOP_MAX_RETURNS = 8
+#: Seconds one reply must have kept coming back before a return is refused. Long enough that a burst of
+#: identical requests is never mistaken for a loop; short enough that a loop on loopback (about 5,000 round
+#: trips a second, exempt from rate limits) ends within a quarter of a second.
+LOOP_PERSISTS = 0.25
 #: Seconds a reply is remembered: at least this, at most three times this (the memory is two generations,
 #: each started at most every LOOP_WINDOW seconds). Covers any real round trip: a loop is seen if its round
 #: trip is shorter than this.
@@ -342,6 +350,11 @@ def _resolve_burst(rate: float | None, burst: object, what: str) -> float | None
     return max(1.0, rate) if burst is None else check_burst(burst, what)
 
 
+#: The loop guard's record of one reply: when it first came back (``inf``: not yet) and how often it has.
+_Returns: TypeAlias = tuple[float, int]
+#: A reply not yet returned: shared, so remembering a new reply allocates nothing.
+_NOT_RETURNED: _Returns = (math.inf, 0)
+
 #: An IP as ``(version, integer)``, and a network as ``(version, network integer, mask integer)``: matching
 #: is then two integer operations, where ``ipaddress`` objects cost microseconds per address.
 _IP: TypeAlias = tuple[int, int]
@@ -413,8 +426,9 @@ class SafetyPolicy:
        real peer can be (see :meth:`bind`): always checked;
     3. ``deny``, then ``allow`` (if not empty): lists of CIDR networks, IPv4 and IPv6 (on a dual-stack socket,
        IPv4-mapped sources match IPv4 networks);
-    4. loop guard (with the reflection guard): a reply of this server that came back from its peer more than
-       :data:`LOOP_MAX_RETURNS` times within :data:`LOOP_WINDOW` seconds is not answered again;
+    4. loop guard (with the reflection guard): a reply of this server that keeps coming back from its peer
+       (more than :data:`LOOP_MAX_RETURNS` times, for :data:`LOOP_PERSISTS` seconds or more) is refused once,
+       which ends a loop with another server on any port;
     5. per-source token bucket, ``rate`` datagrams/s with ``burst`` (default one second's worth), state for
        at most ``max_sources`` sources (least recently seen forgotten first); ``rate=None`` turns it off;
     6. server-wide token bucket, ``global_rate`` / ``global_burst``; ``global_rate=None`` turns it off.
@@ -483,10 +497,11 @@ class SafetyPolicy:
         self._last_bucket = _Bucket(0.0, 0.0)  # placeholder until _last_host is set
         # Starts full: its stamp in the infinite past refills it to the burst on first use, whatever the clock.
         self._global = _Bucket(self._global_burst, -math.inf)
-        # The loop guard's memory: hash of (host, port, reply bytes) -> times that reply came back. Two
-        # generations, swapped every LOOP_WINDOW seconds or when the newer is full: O(1) per datagram, bounded.
-        self._replies: dict[int, int] = {}
-        self._replies_older: dict[int, int] = {}
+        # The loop guard's memory: hash of (host, port, reply bytes) -> (time of its first return, returns).
+        # Two generations, swapped every LOOP_WINDOW seconds or when the newer is full: O(1) per datagram,
+        # bounded.
+        self._replies: dict[int, _Returns] = {}
+        self._replies_older: dict[int, _Returns] = {}
         self._replies_since = -math.inf
         #: Per-source states forgotten because :data:`MAX_TRACKED_SOURCES` (``max_sources``) was reached.
         self.evictions = 0
@@ -597,7 +612,8 @@ class SafetyPolicy:
             return DropReason.BAD_ADDRESS
         if isinstance(verdict, DropReason):
             return verdict
-        key = returns = 0
+        key = 0
+        returns = _NOT_RETURNED
         if self._guard:
             self._age_replies(now)
             key = _reply_key(host, port, data)
@@ -605,17 +621,18 @@ class SafetyPolicy:
             if seen is None:
                 seen = self._replies_older.get(key)
             if seen is not None:
-                if seen >= LOOP_MAX_RETURNS:
+                first, count = seen
+                if count >= LOOP_MAX_RETURNS and now - first >= LOOP_PERSISTS:
                     self._forget_reply(key)
                     return DropReason.LOOP
-                returns = seen + 1
+                returns = (min(first, now), count + 1)
         if verdict is _LIMIT:
             reason = self._limit(host, now)
             if reason is not None:
                 return reason
         if self._guard:
             if reply is not None:
-                key, returns = _reply_key(host, port, reply), 0
+                key, returns = _reply_key(host, port, reply), _NOT_RETURNED
             self._replies[key] = returns
         return None
 
@@ -652,18 +669,19 @@ class SafetyPolicy:
                     if isinstance(verdict, DropReason):
                         reason = verdict
                     else:
-                        returns = 0
+                        returns = _NOT_RETURNED
                         if guard:
                             key = _reply_key(host, port, data)
                             seen = recent(key)
                             if seen is None:
                                 seen = older(key)
                             if seen is not None:
-                                if seen >= LOOP_MAX_RETURNS:
+                                first, count = seen
+                                if count >= LOOP_MAX_RETURNS and now - first >= LOOP_PERSISTS:
                                     self._forget_reply(key)
                                     drop(DropReason.LOOP)
                                     continue
-                                returns = seen + 1
+                                returns = (min(first, now), count + 1)
                         if verdict is _LIMIT:
                             reason = self._limit(host, now)
                         if reason is None:
