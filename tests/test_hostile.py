@@ -533,6 +533,7 @@ def test_non_utf8_arguments_are_payloads_or_usage_errors() -> None:
         ["ping", "127.0.0.1", "9", "-W", "inf"],
         ["multicast", "--timeout", "nan"],
         ["echo", "--stats-interval", "nan"],
+        ["compare", "--timeout", "nan"],
     ],
 )
 def test_nan_and_other_non_finite_seconds_are_usage_errors(args: list[str]) -> None:
@@ -540,6 +541,51 @@ def test_nan_and_other_non_finite_seconds_are_usage_errors(args: list[str]) -> N
     assert done.returncode == 2, done.stderr
     assert b"must be a finite number of seconds" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["listen", "127.0.0.1", "0", "--count=-5"], "must be an int >= 0, got '-5'"),  # it ran forever
+        (["demo", "--count=-1"], "must be an int >= 0, got '-1'"),
+        (["compare", "--jobs", "0"], "must be an int >= 1, got '0'"),
+        (["multicast", "--count=-1"], "must be an int >= 0, got '-1'"),
+        (["ping", "127.0.0.1", "9", "--count=-1"], "--count must be an int >= 1, got -1"),
+    ],
+)
+def test_counts_out_of_range_are_usage_errors(args: list[str], message: str) -> None:
+    """Found attacking again: negative counts were accepted (``listen -c -5`` then never stopped)."""
+    done = run_cli(*args)
+    assert done.returncode == 2, done.stderr
+    assert message.encode() in done.stderr
+
+
+def test_non_hex_stdin_line_is_a_usage_error() -> None:
+    with sockets(udp_socket(socket.AF_INET, "127.0.0.1")) as (sink,):
+        done = run_cli("send", "127.0.0.1", str(sink.getsockname()[1]), "--hex", stdin=b"68 69\nzz\n")
+        assert sink.recvfrom(100)[0] == b"hi"
+    assert done.returncode == 2, done.stderr
+    assert b"--hex payload must be hex digits (spaces allowed), got 'zz'" in done.stderr
+
+
+def test_listen_into_a_closed_pipe_stops_quietly() -> None:
+    """Found attacking again: ``udpio listen ... | head -1`` ended with "error: Broken pipe" and exit 1."""
+    read_end, write_end = os.pipe()
+    listener = subprocess.Popen([*PY, "listen", "127.0.0.1", "0"], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    try:
+        assert listener.stderr is not None
+        errors = Lines(listener.stderr)
+        port = int(errors.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        with sockets(udp_socket(socket.AF_INET, "127.0.0.1")) as (peer,):
+            peer.sendto(b"first", ("127.0.0.1", port))
+            with os.fdopen(read_end, "rb") as reader:  # the reader takes one line and goes away
+                assert reader.readline().endswith(b"\tfirst\n")
+            peer.sendto(b"second", ("127.0.0.1", port))  # printing it finds the pipe closed
+            assert listener.wait(TIMEOUT) == 0
+        assert not [line for line in errors.rest() if "error" in line or "Traceback" in line]
+    finally:
+        stop(listener)
 
 
 def test_multicast_interface_by_index() -> None:
@@ -592,7 +638,7 @@ def test_listen_escapes_backslashes_so_output_is_unambiguous() -> None:
 async def test_ip_literal_lookalikes_fail_at_once_without_dns() -> None:
     """The review: ``listen("256.1.1.1")`` and ``listen("[::1]")`` went to DNS. A host that can only be meant
     as an IP literal but is not a valid one fails at once, naming it; brackets are refused with the fix."""
-    for host in ("256.1.1.1", "1.2.3.4.5", "1::2::3", "4294967296"):
+    for host in ("256.1.1.1", "1.2.3.4.5", "1::2::3", "4294967296", "127.0.0.1%lo", " 127.0.0.1", "1.2.3.4:80"):
         with pytest.raises(udpio.InvalidAddressError, match=re.escape(repr(host))):
             await udpio.listen(asyncio.DatagramProtocol, host, 0)
     for call in (udpio.listen, udpio.connect):

@@ -94,7 +94,7 @@ def _looks_numeric(host: str) -> bool:
     """Whether ``host`` can only have been meant as an IP literal: it contains ``:`` (a DNS name never
     does), or its last label is all digits (no top-level domain is: RFC 1123 2.1, RFC 3696 2). Such a host
     that is not a valid literal is refused at once instead of being sent to DNS (``256.1.1.1``)."""
-    if ":" in host:
+    if ":" in host or "%" in host:  # an IPv6 address, or a %scope: never part of a name
         return True
     last = host.rstrip(".").rpartition(".")[2]
     return last.isascii() and last.isdigit()

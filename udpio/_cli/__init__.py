@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import io
 import math
@@ -98,6 +99,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except (InvalidArgumentError, ImportError) as exc:
         print(f"udpio {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`udpio listen ... | head -1`): the pipeline is done with us, nothing
+        # failed. Stop quietly, and point stdout at /dev/null so the interpreter's last flush cannot fail again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 0
     except (OSError, EndpointClosedError, EndpointBrokenError) as exc:
         print(f"udpio {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -158,12 +167,21 @@ def seconds(*, zero: bool) -> Callable[[str], float]:
 
 def count(text: str) -> int:
     """An argparse type: an int >= 0 (a count, 0 meaning no limit where the option says so)."""
+    return _int_at_least(text, 0)
+
+
+def positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be an int >= {low}, got {text!r}")
     return value
 
 

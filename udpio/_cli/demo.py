@@ -9,7 +9,7 @@ from .._addr import format_address
 from .._echo import start_echo
 from .._loop import loop_kind, wait_within
 from .._stream import open_endpoint
-from . import err
+from . import count, err
 
 
 def register(sub: Any) -> None:
@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
         "demo", help="start an echo server and talk to it",
         description="Start an echo server on 127.0.0.1 (free port), send a few datagrams, print the replies.",
     )
-    parser.add_argument("-n", "--count", type=int, default=3, help="datagrams to send (default 3)")
+    parser.add_argument("-n", "--count", type=count, default=3, help="datagrams to send (default 3)")
     parser.set_defaults(func=run)
 
 

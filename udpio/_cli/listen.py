@@ -8,7 +8,7 @@ from typing import Any
 
 from .._addr import format_address
 from .._stream import open_endpoint
-from . import add_endpoint_arguments, err
+from . import add_endpoint_arguments, count, err
 
 
 def register(sub: Any) -> None:
@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
     )
     add_endpoint_arguments(parser, default_port=None)
     parser.add_argument("--hex", action="store_true", help="print payloads as hex")
-    parser.add_argument("-c", "--count", type=int, default=0, help="stop after N datagrams (0: never)")
+    parser.add_argument("-c", "--count", type=count, default=0, help="stop after N datagrams (0: never)")
     parser.set_defaults(func=run)
 
 

@@ -117,8 +117,8 @@ async def _from_args(messages: Iterable[str]) -> AsyncGenerator[bytes, None]:
 def _decode_hex(text: bytes) -> bytes:
     try:
         return bytes.fromhex(text.decode("ascii"))
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError
-        raise SystemExit(f"udpio send: error: --hex payload is not hex: {render(text[:60], False)!r}: {exc}") from None
+    except ValueError:  # UnicodeDecodeError is a ValueError; a usage error (exit 2), like any bad argument
+        raise InvalidArgumentError("--hex payload", "hex digits (spaces allowed)", render(text[:60], False)) from None
 
 
 async def run(args: argparse.Namespace) -> int:
