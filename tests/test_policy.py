@@ -273,16 +273,33 @@ def test_loop_guard_cost_for_a_client_repeating_one_payload() -> None:
     assert verdicts.count(DROP_LOOP) == 10
 
 
-def test_loop_guard_off_with_the_reflection_guard_and_zero_copy_buffers() -> None:
+@pytest.mark.parametrize("size", [9, 128, 129, 1400, 65507])
+def test_loop_guard_off_with_the_reflection_guard_and_zero_copy_buffers(size: int) -> None:
+    """Short payloads are hashed whole, long ones by a fingerprint (length and both ends); a zero-copy
+    memoryview (not hashable) and bytes give the same key, through filter() and admit() alike."""
     off = SafetyPolicy(reflection_guard=False, rate=None, global_rate=None)
-    assert all(off.admit(b"x", ("192.0.2.7", 7007), float(i)) is None for i in range(100))
+    assert all(off.admit(b"x" * size, ("192.0.2.7", 7007), float(i)) is None for i in range(100))
     assert off.tracked_replies == 0
-    on = SafetyPolicy(rate=None, global_rate=None)
-    view = memoryview(bytearray(b"zero copy"))  # what a zero-copy transport delivers: not hashable
-    dropped: list[str] = []
-    answered = sum(len(on.filter([(view, ("192.0.2.7", 7007))], float(i), dropped.append)) for i in range(10))
-    assert answered == LOOP_MAX_RETURNS + 1
-    assert dropped == [DROP_LOOP]
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    view = memoryview(bytearray(payload))  # what a zero-copy transport delivers: not hashable
+    for first, then in ((view, payload), (payload, view)):
+        on = SafetyPolicy(rate=None, global_rate=None)
+        dropped: list[str] = []
+        answered = len(on.filter([(first, ("192.0.2.7", 7007))], 0.0, dropped.append))
+        answered += sum(on.admit(then, ("192.0.2.7", 7007), float(i)) is None for i in range(1, 10))
+        assert answered == LOOP_MAX_RETURNS + 1
+
+
+def test_loop_guard_fingerprint_tells_long_payloads_apart_by_their_ends() -> None:
+    """Long payloads differing at either end or in length are different replies to the guard."""
+    policy = SafetyPolicy(rate=None, global_rate=None)
+    peer = ("192.0.2.7", 7007)
+    base = bytes(1000)
+    variants = [base, b"\x01" + base[1:], base[:-1] + b"\x01", base + b"\x00"]
+    for t in range(20):  # each variant alone would be refused by now; interleaved, none is a repeat of another
+        for i, variant in enumerate(variants):
+            verdict = policy.admit(variant, peer, t * 0.1 + i * 0.01)
+            assert verdict is None or t >= LOOP_MAX_RETURNS, (t, i)
 
 
 def test_loop_guard_remembers_the_reply_a_responder_sends() -> None:

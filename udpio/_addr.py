@@ -105,6 +105,9 @@ def _check_host(host: object) -> str:
         raise InvalidAddressError("host", "a non-empty host name or IP address string", host)
     if _bracketed(host):
         raise InvalidAddressError("host", _BRACKETS, host)
+    if not host.isprintable() or any(ch.isspace() for ch in host):
+        # No name or literal has these ("1.2.3.4\n" would otherwise go to DNS as a name).
+        raise InvalidAddressError("host", "a host name or IP address without spaces or control characters", host)
     return host
 
 
