@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
+from udpio._loop import wait_within
+
 from ._scenarios import SCENARIOS, SILENCE_AFTER, STACKS, Event
 
 #: A scenario's trace: role name -> its events, in order.
@@ -148,8 +150,9 @@ async def run_stack(stack: str, scenarios: Sequence[str], timeout: float = DEFAU
         *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
+        # wait_within, not wait_for: Ctrl-C on `udpio compare` must not be lost (see udpio._loop.wait_within).
+        out, err = await wait_within(proc.communicate(), timeout)
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
         return _failed(stack, f"its process did not finish within {timeout:g} s")
     finally:
         if proc.returncode is None:  # timed out or cancelled: never leave the child behind

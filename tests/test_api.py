@@ -16,6 +16,7 @@ EXPECTED = {
     # constants
     "DEFAULT_BLOCKED_PORTS", "DROP_AMPLIFICATION", "DROP_BAD_ADDRESS", "DROP_DENIED", "DROP_GLOBAL_RATE",
     "DROP_NOT_ALLOWED", "DROP_OWN_PORT", "DROP_SERVICE_PORT", "DROP_SOURCE_PORT_ZERO", "DROP_SOURCE_RATE",
+    "DROP_LOOP", "DROP_MAPPED_SOURCE", "DROP_NOT_UNICAST",
     "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6",
     # endpoints and their transport
     "listen", "connect", "adopt", "DatagramTransport", "Counters", "Address", "format_address",
@@ -24,9 +25,10 @@ EXPECTED = {
     "listen_multicast", "open_multicast", "multicast", "MulticastControl", "MulticastEndpoint", "Membership",
     "GroupJoined", "GroupLeft", "Interface", "list_interfaces", "resolve_interface",
     # echo, policy, workers, notify
-    "start_echo", "serve_echo", "EchoProtocol", "EchoServer", "SafetyPolicy", "EchoWorkers", "start_echo_workers",
+    "start_echo", "serve_echo", "EchoProtocol", "EchoServer", "SafetyPolicy", "PolicyConfig", "DropReason",
+    "EchoWorkers", "start_echo_workers",
     "serve_echo_workers", "NotifyLogic", "NotifyProtocol", "NotifyStep", "NotifySent", "NotifyReceived",
-    "Acknowledged", "AcknowledgeSent", "DatagramIgnored",
+    "Acknowledged", "AcknowledgeSent", "DatagramIgnored", "NotifyRefused",
     # loops and the I/O path
     "run", "new_event_loop", "loop_kind", "IO_CORE",
     # errors

@@ -138,7 +138,8 @@ def test_ipv6_echo_and_ping() -> None:
     [
         (["echo", "127.0.0.1", "70000"], 2, "port must be an int in 0..65535, got 70000"),
         (["send", "no-such-host.invalid", "9", "x"], 1, "cannot resolve host 'no-such-host.invalid'"),
-        (["ping", "127.0.0.1", "9", "-s", "4"], 1, "--size must be >= 12, got 4"),
+        (["ping", "127.0.0.1", "9", "-s", "4"], 2, "--size must be an int >= 12, got 4"),
+        (["ping", "127.0.0.1", "9", "-c", "0"], 2, "--count must be an int >= 1, got 0"),
         (["nonsense"], 2, "invalid choice"),
         (["echo", "127.0.0.1", "notaport"], 2, "invalid int value"),
     ],

@@ -220,7 +220,11 @@ LIMIT_VALUES = {
 }
 
 #: Literals that equal a limit by coincidence and mean something else: (file, value) -> what it is.
-COINCIDENCES = {("udpio/_policy.py", 16_384): "MAX_TRACKED_SOURCES, a number of peers, not bytes"}
+COINCIDENCES = {
+    ("udpio/_policy.py", 16_384): "MAX_TRACKED_SOURCES / MAX_TRACKED_REPLIES, numbers of peers, not bytes",
+    ("udpio/_policy.py", 65_535): "0xFFFF, the ::ffff:0:0/96 mapped-address prefix (RFC 4291), not a port",
+    ("udpio/_cli/send.py", 65_536): "STDIN_CHUNK, a read size for standard input, not a datagram limit",
+}
 
 
 def _constant_ints(tree: ast.AST) -> Iterator[tuple[int, int]]:

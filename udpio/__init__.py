@@ -55,6 +55,7 @@ from ._notify import DatagramIgnored as DatagramIgnored
 from ._notify import NotifyLogic as NotifyLogic
 from ._notify import NotifyProtocol as NotifyProtocol
 from ._notify import NotifyReceived as NotifyReceived
+from ._notify import NotifyRefused as NotifyRefused
 from ._notify import NotifySent as NotifySent
 from ._notify import NotifyStep as NotifyStep
 from ._periodic import start_periodic_sender as start_periodic_sender
@@ -63,11 +64,16 @@ from ._policy import DROP_AMPLIFICATION as DROP_AMPLIFICATION
 from ._policy import DROP_BAD_ADDRESS as DROP_BAD_ADDRESS
 from ._policy import DROP_DENIED as DROP_DENIED
 from ._policy import DROP_GLOBAL_RATE as DROP_GLOBAL_RATE
+from ._policy import DROP_LOOP as DROP_LOOP
+from ._policy import DROP_MAPPED_SOURCE as DROP_MAPPED_SOURCE
 from ._policy import DROP_NOT_ALLOWED as DROP_NOT_ALLOWED
+from ._policy import DROP_NOT_UNICAST as DROP_NOT_UNICAST
 from ._policy import DROP_OWN_PORT as DROP_OWN_PORT
 from ._policy import DROP_SERVICE_PORT as DROP_SERVICE_PORT
 from ._policy import DROP_SOURCE_PORT_ZERO as DROP_SOURCE_PORT_ZERO
 from ._policy import DROP_SOURCE_RATE as DROP_SOURCE_RATE
+from ._policy import DropReason as DropReason
+from ._policy import PolicyConfig as PolicyConfig
 from ._policy import SafetyPolicy as SafetyPolicy
 from ._transport import DatagramTransport as DatagramTransport
 from ._workers import EchoWorkers as EchoWorkers
@@ -82,7 +88,10 @@ __all__ = [
     "DROP_BAD_ADDRESS",
     "DROP_DENIED",
     "DROP_GLOBAL_RATE",
+    "DROP_LOOP",
+    "DROP_MAPPED_SOURCE",
     "DROP_NOT_ALLOWED",
+    "DROP_NOT_UNICAST",
     "DROP_OWN_PORT",
     "DROP_SERVICE_PORT",
     "DROP_SOURCE_PORT_ZERO",
@@ -100,6 +109,7 @@ __all__ = [
     "DatagramIgnored",
     "DatagramTooLargeError",
     "DatagramTransport",
+    "DropReason",
     "EchoProtocol",
     "EchoServer",
     "EchoWorkers",
@@ -124,9 +134,11 @@ __all__ = [
     "NotifyLogic",
     "NotifyProtocol",
     "NotifyReceived",
+    "NotifyRefused",
     "NotifySent",
     "NotifyStep",
     "PeerRefused",
+    "PolicyConfig",
     "SafetyPolicy",
     "UnknownInterfaceError",
     "adopt",

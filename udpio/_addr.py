@@ -71,12 +71,42 @@ def ip_family(host: object) -> int:
         socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
         return socket.AF_INET6
     except (OSError, ValueError):
-        raise InvalidAddressError("host", "an IPv4 or IPv6 address (not a name)", host) from None
+        expected = _BRACKETS if _bracketed(host) else "an IPv4 or IPv6 address (not a name)"
+        raise InvalidAddressError("host", expected, host) from None
+
+
+#: Why ``"[::1]"`` is refused rather than read as ``::1``: brackets belong to URLs and ``host:port`` text
+#: (RFC 3986 3.2.2), where they separate an IPv6 address from the port; udpio takes the host and the port
+#: apart, as ``socket`` does, and one spelling per address keeps comparisons and ``format_address`` output
+#: unambiguous.
+_BRACKETS = (
+    "an IP address or host name without brackets (::1, not [::1]: brackets only set an IPv6 address apart "
+    "from a port)"
+)
+
+
+def _bracketed(host: str) -> bool:
+    return "[" in host or "]" in host
+
+
+def _looks_numeric(host: str) -> bool:
+    """Whether ``host`` can only have been meant as an IP literal: it contains ``:`` (a DNS name never
+    does), or its last label is all digits (no top-level domain is: RFC 1123 2.1, RFC 3696 2). Such a host
+    that is not a valid literal is refused at once instead of being sent to DNS (``256.1.1.1``)."""
+    if ":" in host or "%" in host:  # an IPv6 address, or a %scope: never part of a name
+        return True
+    last = host.rstrip(".").rpartition(".")[2]
+    return last.isascii() and last.isdigit()
 
 
 def _check_host(host: object) -> str:
     if not isinstance(host, str) or not host or "\x00" in host:
         raise InvalidAddressError("host", "a non-empty host name or IP address string", host)
+    if _bracketed(host):
+        raise InvalidAddressError("host", _BRACKETS, host)
+    if not host.isprintable() or any(ch.isspace() for ch in host):
+        # No name or literal has these ("1.2.3.4\n" would otherwise go to DNS as a name).
+        raise InvalidAddressError("host", "a host name or IP address without spaces or control characters", host)
     return host
 
 
@@ -101,6 +131,8 @@ def resolve_numeric(host: str, port: int, family: int) -> tuple[int, Address] | 
         try:
             found = ip_family(host)
         except InvalidAddressError:
+            if _looks_numeric(host):
+                raise InvalidAddressError("host", "a valid IPv4 or IPv6 address (or a host name)", host) from None
             return None
         # A literal that getaddrinfo refused: for this family (say which family it is), or for its %scope
         # (glibc takes interface names as scope on link-local and multicast IPv6 addresses only).
@@ -118,7 +150,9 @@ async def resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
     """Resolve ``host`` to ``(family, sockaddr)`` for UDP, without blocking the loop.
 
     IP literals are handled without a lookup; names go through ``loop.getaddrinfo`` and the
-    first UDP result is taken. An unknown name raises :class:`HostNotFoundError` naming it.
+    first UDP result is taken. An unknown name raises :class:`HostNotFoundError` naming it. What can only be
+    meant as a literal but is not a valid one (``"256.1.1.1"``, ``"1::2::3"``) raises
+    :class:`InvalidAddressError` without a lookup, and so does a bracketed host (``"[::1]"``: write ``"::1"``).
     """
     numeric = resolve_numeric(host, port, family)
     if numeric is not None:

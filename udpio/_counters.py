@@ -53,9 +53,11 @@ class Counters:
         )
 
     def count_policy_drop(self, reason: str) -> None:
-        """Count one datagram refused by a policy, under ``reason``."""
+        """Count one datagram refused by a policy, under ``reason`` (a ``udpio.DropReason`` is kept as its plain
+        string value, so the dict prints, compares and serialises as strings)."""
         self.dropped_policy += 1
-        self.policy_drops[reason] = self.policy_drops.get(reason, 0) + 1
+        key = str(reason)
+        self.policy_drops[key] = self.policy_drops.get(key, 0) + 1
 
     def snapshot(self) -> dict[str, int]:
         """A plain dict copy of every counter (``policy:<reason>`` keys for the policy breakdown)."""

@@ -11,14 +11,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Literal, TypeAlias
 
+from . import _sockopts
 from ._addr import Address, format_address
 from ._counters import Counters
-from ._errors import EndpointClosedError, InvalidArgumentError
+from ._errors import EndpointClosedError
 from ._factories import listen
 from ._limits import DEFAULT_BUFFER_LIMIT
-from ._policy import SafetyPolicy
+from ._loop import wait_within
+from ._policy import PolicyArg, SafetyPolicy, make_policy
 from ._transport import DatagramTransport
 
 #: The tutorial's port.
@@ -26,19 +27,6 @@ DEFAULT_ECHO_PORT = 8007
 #: How long a closing server waits for its buffered replies to go out before dropping (and counting) them:
 #: the kernel takes UDP as fast as the device sends, so only a stuck device ever needs the limit.
 SHUTDOWN_FLUSH_TIMEOUT = 2.0
-
-#: ``"default"`` (a fresh :class:`SafetyPolicy` with its defaults), a policy of your own, or ``None`` (off).
-PolicyArg: TypeAlias = SafetyPolicy | Literal["default"] | None
-
-
-def make_policy(policy: object) -> SafetyPolicy | None:
-    """Resolve a ``policy`` argument; a wrong type raises :class:`~udpio.InvalidArgumentError` naming it."""
-    if isinstance(policy, str) and policy == "default":
-        return SafetyPolicy()
-    if policy is None or isinstance(policy, SafetyPolicy):
-        return policy
-    raise InvalidArgumentError("policy", "'default', None or a udpio.SafetyPolicy", policy)
-
 
 class EchoProtocol(asyncio.DatagramProtocol):
     """Sends every datagram the policy admits back to its sender, unchanged (zero-length ones too).
@@ -66,7 +54,9 @@ class EchoProtocol(asyncio.DatagramProtocol):
         # udpio's transport sends a list of replies with the per-datagram checks hoisted out of the loop.
         self._send_batch = getattr(transport, "send_batch", None)
         if self.policy is not None:
-            self.policy.bind(transport.get_extra_info("sockname"))
+            # Dual-stack or not decides what an IPv4-mapped source may be (SafetyPolicy.bind).
+            dual_stack = _sockopts.is_dual_stack(transport.get_extra_info("socket"))
+            self.policy.bind(transport.get_extra_info("sockname"), dual_stack=dual_stack)
 
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
         """Echo a batch (udpio's transport calls this instead of one call per datagram).
@@ -95,7 +85,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         """Echo one datagram (on transports without batches)."""
         if self.policy is not None:
-            reason = self.policy.admit(addr, time.monotonic())
+            reason = self.policy.admit(data, addr, time.monotonic())
             if reason is not None:
                 self.counters.count_policy_drop(reason)
                 return
@@ -152,7 +142,7 @@ class EchoServer:
         drop what is left (counted in ``dropped_on_close``) and close the socket."""
         self.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self.protocol.closed), timeout)
+            await wait_within(asyncio.shield(self.protocol.closed), timeout)
         except asyncio.TimeoutError:
             self.transport.abort()
             await self.wait_closed()

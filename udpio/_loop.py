@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypeVar
 
 from ._errors import InvalidArgumentError
@@ -91,3 +91,40 @@ def run(main: Coroutine[Any, Any, T], *, loop: str | None = None, debug: bool | 
         finally:
             asyncio.set_event_loop(None)
             new_loop.close()
+
+
+async def wait_within(aw: Awaitable[T], timeout: float | None) -> T:
+    """``await aw`` for at most ``timeout`` seconds (``None``: no limit), else raise ``asyncio.TimeoutError``
+    (the builtin :class:`TimeoutError` from Python 3.11). Use it instead of :func:`asyncio.wait_for` on any
+    path that must stop when its task is cancelled.
+
+    Why not ``wait_for``: on Python 3.11 it returns the inner result when the cancellation lands just as the
+    inner await completes, so the caller's ``CancelledError`` is lost (python/cpython#86296, fixed in 3.12 by
+    rebuilding ``wait_for`` on ``asyncio.timeout``); ``udpio ping -i 0`` ignored Ctrl-C that way on uvloop.
+    From 3.11 this is ``asyncio.timeout``, which counts cancellations (``Task.uncancel``) and never swallows
+    one it did not make. Python 3.10 has neither; there ``aw`` runs in its own task and this one only waits
+    (``asyncio.wait`` never swallows a cancellation: it cancels the inner task and re-raises). The
+    ``async-timeout`` backport is not used: on 3.10 it cannot tell its own cancellation from one arriving in
+    the same loop iteration, and turns the latter into a timeout.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await aw
+    task = asyncio.ensure_future(aw)  # pragma: no cover - Python 3.10 path
+    try:  # pragma: no cover
+        await asyncio.wait({task}, timeout=timeout)
+    except BaseException:  # pragma: no cover - cancelled (or interrupted) while waiting: stop the inner task too
+        task.cancel()
+        await _settle(task)
+        raise
+    if not task.done():  # pragma: no cover - the timeout
+        task.cancel()
+        await _settle(task)
+        if task.cancelled():
+            raise asyncio.TimeoutError
+    return task.result()  # pragma: no cover - done in time (or just before the timeout cancelled it)
+
+
+async def _settle(task: asyncio.Future[Any]) -> None:  # pragma: no cover - Python 3.10 path
+    """Wait until a cancelled inner task has finished (so a reader it held is released), without raising."""
+    await asyncio.wait({task})

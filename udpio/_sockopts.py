@@ -217,6 +217,17 @@ def get_v6only(sock: socket.socket) -> bool:
     return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
 
 
+def is_dual_stack(sock: socket.socket | None) -> bool:
+    """Whether ``sock`` serves IPv4 peers too, seen as ``::ffff:a.b.c.d``: an IPv6 socket with ``IPV6_V6ONLY``
+    off (ipv6(7)). ``False`` for IPv4 sockets, for ``None`` (a transport without a socket) and for a closed one."""
+    if sock is None or sock.family != socket.AF_INET6:
+        return False
+    try:
+        return not get_v6only(sock)
+    except OSError:  # EBADF: closed under us; it serves nobody
+        return False
+
+
 def pending_error(sock: socket.socket) -> int:
     """Read and clear ``SO_ERROR`` (the pending asynchronous error, e.g. ECONNREFUSED from ICMP)."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

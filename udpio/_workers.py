@@ -30,19 +30,19 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Literal
 
 from . import _sockopts
 from ._addr import Address, check_family, check_port, format_address, resolve
 from ._counters import Counters, proc_net_drops
-from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer, PolicyArg, make_policy
+from ._echo import DEFAULT_ECHO_PORT, EchoProtocol, EchoServer
 from ._errors import EndpointClosedError, InvalidArgumentError, bind_error
 from ._factories import adopt
-from ._loop import loop_kind, resolve_loop_kind, run
+from ._loop import loop_kind, resolve_loop_kind, run, wait_within
 from ._options import TransportOptions
-from ._policy import SafetyPolicy
+from ._policy import PolicyArg, PolicyConfig, SafetyPolicy, make_policy
 
 logger = logging.getLogger("udpio")
 
@@ -80,17 +80,77 @@ def _check_interval(value: object, what: str) -> float:
     return float(value)
 
 
-def worker_policy_options(policy: SafetyPolicy | None, workers: int) -> dict[str, Any] | None:
-    """The options each worker builds its own policy from. The global rate is the whole server's, so each of
+def worker_policy_config(policy: SafetyPolicy | None, workers: int) -> PolicyConfig | None:
+    """The config each worker builds its own policy from. The global rate is the whole server's, so each of
     ``workers`` gets its share; per-source limits stay as they are (a peer's datagrams all hash to one
     worker, unless it sends from several ports)."""
     if policy is None:
         return None
-    options = policy.options()
-    if options["global_rate"] is not None:
-        options["global_rate"] = options["global_rate"] / workers
-        options["global_burst"] = max(1.0, options["global_burst"] / workers)
-    return options
+    config = policy.config
+    if config.global_rate is None or config.global_burst is None:
+        return config
+    return dataclasses.replace(
+        config,
+        global_rate=config.global_rate / workers,
+        global_burst=max(1.0, config.global_burst / workers),
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What a worker process is told (as JSON on its command line): checked on both sides, so a field that is
+    misspelt or missing fails at once with its name, in the parent's tests as in the worker."""
+
+    policy: PolicyConfig | None
+    max_size: int | None
+    report_interval: float
+    loop: Literal["uvloop", "asyncio"]
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy is not None and not isinstance(self.policy, PolicyConfig):
+            raise InvalidArgumentError("worker policy", "a PolicyConfig or None", self.policy)
+        if self.max_size is not None:
+            TransportOptions(max_size=self.max_size)
+        _check_interval(self.report_interval, "report_interval")
+        if self.loop not in ("uvloop", "asyncio"):
+            raise InvalidArgumentError("worker loop", "'uvloop' or 'asyncio'", self.loop)
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or not 0 <= self.index < MAX_WORKERS:
+            raise InvalidArgumentError("worker index", f"an int in 0..{MAX_WORKERS - 1}", self.index)
+
+    def to_json(self) -> str:
+        """One JSON object (the policy as :meth:`PolicyConfig.to_dict`)."""
+        return json.dumps(
+            {
+                "policy": None if self.policy is None else self.policy.to_dict(),
+                "max_size": self.max_size,
+                "report_interval": self.report_interval,
+                "loop": self.loop,
+                "index": self.index,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerConfig:
+        """Read :meth:`to_json`'s output; unknown or missing keys and bad values raise
+        :class:`~udpio.InvalidArgumentError` naming them."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise InvalidArgumentError("worker config", "a JSON object", text) from None
+        if not isinstance(data, Mapping):
+            raise InvalidArgumentError("worker config", "a JSON object", data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != fields:
+            raise InvalidArgumentError("worker config keys", f"exactly {sorted(fields)}", sorted(data))
+        policy = data["policy"]
+        return cls(
+            policy=None if policy is None else PolicyConfig.from_dict(policy),
+            max_size=data["max_size"],
+            report_interval=data["report_interval"],
+            loop=data["loop"],
+            index=data["index"],
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -110,7 +170,7 @@ class EchoWorkers:
     Not thread-safe; use it from the loop that started it.
     """
 
-    def __init__(self, slots: list[_Slot], config: dict[str, Any]) -> None:
+    def __init__(self, slots: list[_Slot], config: WorkerConfig) -> None:
         self._slots = slots
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
@@ -198,7 +258,7 @@ class EchoWorkers:
 
     async def _wait_ready(self) -> None:
         try:
-            await asyncio.wait_for(self.wait_serving(), WORKER_START_TIMEOUT)
+            await wait_within(self.wait_serving(), WORKER_START_TIMEOUT)
         finally:
             self._starting = False
 
@@ -226,7 +286,7 @@ class EchoWorkers:
             self._changed.notify_all()
 
     async def _spawn(self, slot: _Slot) -> asyncio.subprocess.Process:
-        config = dict(self._config, index=slot.index)
+        config = dataclasses.replace(self._config, index=slot.index)
         fd = slot.sock.fileno()
         return await asyncio.create_subprocess_exec(
             sys.executable,
@@ -235,7 +295,7 @@ class EchoWorkers:
             "--fd",
             str(fd),
             "--config",
-            json.dumps(config),
+            config.to_json(),
             pass_fds=(fd,),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -258,7 +318,7 @@ class EchoWorkers:
                     await self._notify()
                     return
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop_requested.wait(), backoff)
+                    await wait_within(self._stop_requested.wait(), backoff)
                 backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
                 continue
             if self._stopping:
@@ -291,7 +351,7 @@ class EchoWorkers:
             # Pacing on purpose: a worker that fails at once must not be re-forked in a tight loop; stop()
             # ends the wait early.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), backoff)
+                await wait_within(self._stop_requested.wait(), backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 
     async def _read_reports(self, slot: _Slot, process: asyncio.subprocess.Process) -> bool:
@@ -394,7 +454,7 @@ async def start_echo_workers(
     check_port(port)
     check_family(family)
     interval = _check_interval(report_interval, "report_interval")
-    options = worker_policy_options(make_policy(policy), count)
+    policy_config = worker_policy_config(make_policy(policy), count)
     kind = resolve_loop_kind(loop) if loop is not None else loop_kind()
     TransportOptions(max_size=max_size)  # validated before any worker starts
     fam, address = await resolve(host, port, family)
@@ -413,7 +473,7 @@ async def start_echo_workers(
         for slot in slots:
             slot.sock.close()
         raise
-    config = {"policy": options, "max_size": max_size, "report_interval": interval, "loop": kind}
+    config = WorkerConfig(policy=policy_config, max_size=max_size, report_interval=interval, loop=kind)
     pool = EchoWorkers(slots, config)
     pool._start()
     try:
@@ -461,12 +521,11 @@ def _emit(state: str, server: EchoServer) -> None:
     sys.stdout.flush()
 
 
-async def _serve_worker(fd: int, config: dict[str, Any]) -> int:
+async def _serve_worker(fd: int, config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
-    options = config["policy"]
-    policy = SafetyPolicy(**options) if options is not None else None
+    policy = None if config.policy is None else SafetyPolicy.from_config(config.policy)
     try:
-        transport, protocol = await adopt(lambda: EchoProtocol(policy), fd, max_size=config["max_size"])
+        transport, protocol = await adopt(lambda: EchoProtocol(policy), fd, max_size=config.max_size)
     finally:
         os.close(fd)  # adopt works on its own duplicate; the inherited descriptor is ours to close
     server = EchoServer(transport, protocol)
@@ -474,7 +533,7 @@ async def _serve_worker(fd: int, config: dict[str, Any]) -> int:
 
     def request_stop(why: str) -> None:
         if not stop.done():
-            logger.debug("udpio: echo worker %d stopping: %s", config.get("index", -1), why)
+            logger.debug("udpio: echo worker %d stopping: %s", config.index, why)
             stop.set_result(None)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -491,7 +550,7 @@ async def _serve_worker(fd: int, config: dict[str, Any]) -> int:
 
     loop.add_reader(0, stdin_readable)
     _emit("ready", server)
-    interval = float(config["report_interval"])
+    interval = config.report_interval
 
     async def report() -> None:
         while True:
@@ -520,5 +579,5 @@ def worker_main(argv: Sequence[str]) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
-    config = json.loads(args.config)
-    return run(_serve_worker(args.fd, config), loop=config["loop"])
+    config = WorkerConfig.from_json(args.config)
+    return run(_serve_worker(args.fd, config), loop=config.loop)

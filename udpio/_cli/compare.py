@@ -12,7 +12,7 @@ import importlib
 import json
 from typing import Any
 
-from . import err
+from . import err, positive, seconds
 
 # The names are repeated here (not imported from udpio.compat) so that --help works without Twisted.
 _STACKS = (
@@ -44,8 +44,10 @@ def register(sub: Any) -> None:
         "--scenario", action="append", choices=_SCENARIOS, help="a scenario to run (repeatable; default: all)"
     )
     parser.add_argument("--json", action="store_true", help="print the traces and findings as JSON")
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per stack (default 90)")
-    parser.add_argument("--jobs", type=int, default=2, help="stacks run at the same time (default 2)")
+    parser.add_argument(
+        "--timeout", type=seconds(zero=False), default=90.0, help="seconds allowed per stack (default 90)"
+    )
+    parser.add_argument("--jobs", type=positive, default=2, help="stacks run at the same time (default 2)")
     parser.set_defaults(func=run)
 
 

@@ -26,7 +26,7 @@ from .._policy import (
     parse_network,
 )
 from .._workers import EchoWorkers, start_echo_workers
-from . import add_endpoint_arguments, err
+from . import add_endpoint_arguments, err, seconds
 
 
 def _port(text: str) -> int:
@@ -49,8 +49,10 @@ def register(sub: Any) -> None:
         help="run an echo server",
         description=(
             "Echo every datagram back to its sender. Safe by default: no replies to source port 0, to "
-            "well-known UDP service ports or to the server's own port; per-source and global rate limits "
-            "(loopback exempt). Counters are printed on exit."
+            "well-known UDP service ports or to the server's own port, none to a reply of this server that keeps "
+            "coming back (a loop with another server, on any port), none to multicast, broadcast or forged "
+            "IPv4-mapped sources; per-source and global rate limits (loopback exempt). Counters are printed "
+            "on exit."
         ),
     )
     add_endpoint_arguments(parser, default_port=DEFAULT_ECHO_PORT)
@@ -61,13 +63,15 @@ def register(sub: Any) -> None:
         help="serve from N processes sharing the port through SO_REUSEPORT (crashed ones are restarted)",
     )
     parser.add_argument(
-        "--stats-interval", type=float, default=None, metavar="SECONDS", help="print the counters this often"
+        "--stats-interval", type=seconds(zero=False), default=None, metavar="SECONDS",
+        help="print the counters this often",
     )
     policy = parser.add_argument_group("safety policy")
     policy.add_argument("--no-policy", action="store_true", help="answer every datagram (no guard, no limits)")
     policy.add_argument(
         "--no-reflection-guard", action="store_true",
-        help="also answer source port 0, service ports and the server's own port",
+        help="also answer source port 0, service ports and the server's own port, and replies that come back "
+        "(the loop guard)",
     )
     policy.add_argument(
         "--block-port", type=_port, action="append", default=[], metavar="PORT",
@@ -152,9 +156,6 @@ async def _print_periodically(interval: float, describe: Callable[[], str]) -> N
 
 
 async def run(args: argparse.Namespace) -> int:
-    if args.stats_interval is not None and not args.stats_interval > 0:
-        err(f"udpio echo: error: --stats-interval must be > 0 seconds, got {args.stats_interval}")
-        return 2
     policy = build_policy(args)
     target: EchoServer | EchoWorkers
     if args.workers is None:

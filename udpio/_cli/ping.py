@@ -11,7 +11,9 @@ from typing import Any
 from .._addr import format_address
 from .._awaitable import open_endpoint
 from .._echo import DEFAULT_ECHO_PORT
-from . import add_endpoint_arguments, err
+from .._errors import InvalidArgumentError
+from .._loop import wait_within
+from . import add_endpoint_arguments, err, seconds
 
 _HEADER = struct.Struct("!4sQ")
 _MAGIC = b"udpP"
@@ -24,8 +26,10 @@ def register(sub: Any) -> None:
     )
     add_endpoint_arguments(parser, default_port=DEFAULT_ECHO_PORT)
     parser.add_argument("-c", "--count", type=int, default=10, help="probes to send (default 10)")
-    parser.add_argument("-i", "--interval", type=float, default=0.2, help="seconds between probes")
-    parser.add_argument("-W", "--timeout", type=float, default=1.0, help="seconds to wait for each reply")
+    parser.add_argument("-i", "--interval", type=seconds(zero=True), default=0.2, help="seconds between probes")
+    parser.add_argument(
+        "-W", "--timeout", type=seconds(zero=False), default=1.0, help="seconds to wait for each reply"
+    )
     parser.add_argument("-s", "--size", type=int, default=64, help="probe size in bytes (>= 12)")
     parser.set_defaults(func=run)
 
@@ -48,10 +52,11 @@ def summarise(rtts: list[float], sent: int) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Bad values are usage errors (exit 2, through main()), like every other argument.
     if args.size < _HEADER.size:
-        raise SystemExit(f"udpio ping: error: --size must be >= {_HEADER.size}, got {args.size}")
+        raise InvalidArgumentError("--size", f"an int >= {_HEADER.size}", args.size)
     if args.count < 1:
-        raise SystemExit(f"udpio ping: error: --count must be >= 1, got {args.count}")
+        raise InvalidArgumentError("--count", "an int >= 1", args.count)
     rtts: list[float] = []
     sent = 0
     padding = b"\0" * (args.size - _HEADER.size)
@@ -72,7 +77,7 @@ async def run(args: argparse.Namespace) -> int:
                         print(f"seq={seq} timeout", flush=True)
                         break
                     try:
-                        data, _ = await asyncio.wait_for(ep.recv(), remaining)
+                        data, _ = await wait_within(ep.recv(), remaining)
                     except (TimeoutError, asyncio.TimeoutError):
                         print(f"seq={seq} timeout", flush=True)
                         break
