@@ -14,19 +14,25 @@ This module is also what the Twisted plugin names (``twisted/plugins/udpio_react
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import sys
 from typing import Any
 
 from twisted.internet import error as terror
+from twisted.internet._signals import SignalHandling, _MultiSignalHandling
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.base import ReactorBase
 from twisted.internet.interfaces import IReactorMulticast, IReactorSocket, IReactorUDP
 from twisted.internet.protocol import AbstractDatagramProtocol
+from twisted.python.log import callWithLogger
+from twisted.python.runtime import platformType
 from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
 
 from udpio._errors import InvalidArgumentError
 from udpio._loop import loop_kind, new_event_loop
 
+from ._children import ChildSignals, watch_exit
 from ._ports import DEFAULT_MAX_PACKET_SIZE, MulticastPort, UDPPort
 
 __all__ = ["UdpioReactor", "install"]
@@ -53,6 +59,7 @@ class UdpioReactor(AsyncioSelectorReactor):
         if not isinstance(hold_writes, bool):
             raise InvalidArgumentError("hold_writes", "True or False", hold_writes)
         self.hold_writes = hold_writes
+        self._rearm_after_error = False  # set once the loop is known: see _readOrWrite
         self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
         created = eventloop is None
         loop = new_event_loop() if eventloop is None else eventloop
@@ -60,6 +67,7 @@ class UdpioReactor(AsyncioSelectorReactor):
             if created:
                 asyncio.set_event_loop(loop)
             super().__init__(loop)
+            self._rearm_after_error = loop_kind(loop) == "uvloop"
         except BaseException:
             if created:
                 asyncio.set_event_loop(None)
@@ -68,6 +76,47 @@ class UdpioReactor(AsyncioSelectorReactor):
 
     def __repr__(self) -> str:
         return f"<udpio.compat.UdpioReactor on {loop_kind(self._asyncioEventloop)}>"
+
+    # -- uvloop: keep watching a descriptor after an error event ------------------------------------------
+
+    def _readOrWrite(self, selectable: Any, read: bool) -> None:
+        """Twisted's dispatch of a read or write event, then, on uvloop, a check that the loop still watches
+        the descriptor.
+
+        libuv ends a poll watcher when ``epoll`` reports ``POLLERR`` (``uv__poll_io`` in src/unix/poll.c:
+        "polling is discontinued", libuv docs) and uvloop then runs the reader and writer callbacks once and
+        closes its handle, telling no one (MagicStack/uvloop#552, twisted/twisted#11904). A TCP connection
+        reset while bytes are still unread gets exactly that: one ``doRead`` takes some of the bytes, the
+        error stays pending behind the rest, and the connection never reads again nor learns it is lost
+        (Twisted's ``test_resumeProducingThrows`` waits forever). A selector loop keeps reporting the
+        descriptor until the error is read, so Twisted relies on that. Here, after each event, a
+        descriptor Twisted still watches that has ``POLLERR`` pending is registered afresh, and the next
+        turn delivers the rest, as a selector loop would. On the standard loop nothing of this runs.
+        """
+        super()._readOrWrite(selectable, read)  # type: ignore[no-untyped-call]  # unannotated
+        if self._rearm_after_error:
+            self._rearm_if_error(selectable)
+
+    def _rearm_if_error(self, selectable: Any) -> None:
+        reading = selectable in self._readers
+        writing = selectable in self._writers
+        if not (reading or writing):  # lost, or no longer watched: nothing to keep alive
+            return
+        fd = self._readers[selectable] if reading else self._writers[selectable]
+        probe = select.poll()
+        probe.register(fd, 0)  # no events asked: poll(2) reports POLLERR, POLLHUP and POLLNVAL regardless
+        events = probe.poll(0)
+        if not events or not events[0][1] & select.POLLERR:
+            return
+        # Remove, then add: uvloop's handle for this descriptor is about to be closed (or already is), and
+        # removing it is what makes the loop forget it; the new handle reports the pending error next turn.
+        loop = self._asyncioEventloop
+        if reading:
+            loop.remove_reader(fd)
+            loop.add_reader(fd, callWithLogger, selectable, self._readOrWrite, selectable, True)
+        if writing:
+            loop.remove_writer(fd)
+            loop.add_writer(fd, callWithLogger, selectable, self._readOrWrite, selectable, False)
 
     # -- IReactorUDP, IReactorMulticast, IReactorSocket (datagram part) -----------------------------------
 
@@ -115,6 +164,28 @@ class UdpioReactor(AsyncioSelectorReactor):
         udp_port = UDPPort._fromListeningDescriptor(self, fileDescriptor, addressFamily, protocol, maxPacketSize)
         udp_port.startListening()
         return udp_port
+
+    # -- processes and signals (see _children.py) -------------------------------------------------------------
+
+    def spawnProcess(self, *args: Any, **kwargs: Any) -> Any:
+        """Twisted's ``spawnProcess`` (same arguments, same transport), with the child's exit watched through
+        a pidfd where the platform has them, so ``processEnded`` does not depend on SIGCHLD reaching the
+        reactor (on uvloop it may not)."""
+        transport = super().spawnProcess(*args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated
+        watch_exit(transport, self._addInternalReader, self._removeInternalReader)
+        return transport
+
+    def _signalsFactory(self) -> SignalHandling:
+        """Twisted's SIGINT/SIGTERM handling as it is, and its SIGCHLD handling with the wake-up that works on
+        uvloop (:class:`~udpio.compat._children.ChildSignals` in place of Twisted's ``_ChildSignalHandling``)."""
+        if platformType != "posix":
+            return super()._signalsFactory()  # no SIGCHLD to handle
+        return _MultiSignalHandling(
+            (
+                ReactorBase._signalsFactory(self),
+                ChildSignals(self._addInternalReader, self._removeInternalReader),
+            )
+        )
 
     # -- the ports among the reactor's selectables ----------------------------------------------------------
 
