@@ -60,6 +60,7 @@ class UdpioReactor(AsyncioSelectorReactor):
             raise InvalidArgumentError("hold_writes", "True or False", hold_writes)
         self.hold_writes = hold_writes
         self._rearm_after_error = False  # set once the loop is known: see _readOrWrite
+        self._error_probe = select.poll()  # one descriptor at a time, reused: see _rearm_if_error
         self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
         created = eventloop is None
         loop = new_event_loop() if eventloop is None else eventloop
@@ -80,21 +81,25 @@ class UdpioReactor(AsyncioSelectorReactor):
     # -- uvloop: keep watching a descriptor after an error event ------------------------------------------
 
     def _readOrWrite(self, selectable: Any, read: bool) -> None:
-        """Twisted's dispatch of a read or write event, then, on uvloop, a check that the loop still watches
-        the descriptor.
+        """Twisted's dispatch of a read or write event, then, on uvloop, after a read event, a check that the
+        loop still watches the descriptor.
 
-        libuv ends a poll watcher when ``epoll`` reports ``POLLERR`` (``uv__poll_io`` in src/unix/poll.c:
-        "polling is discontinued", libuv docs) and uvloop then runs the reader and writer callbacks once and
-        closes its handle, telling no one (MagicStack/uvloop#552, twisted/twisted#11904). A TCP connection
-        reset while bytes are still unread gets exactly that: one ``doRead`` takes some of the bytes, the
-        error stays pending behind the rest, and the connection never reads again nor learns it is lost
-        (Twisted's ``test_resumeProducingThrows`` waits forever). A selector loop keeps reporting the
-        descriptor until the error is read, so Twisted relies on that. Here, after each event, a
-        descriptor Twisted still watches that has ``POLLERR`` pending is registered afresh, and the next
-        turn delivers the rest, as a selector loop would. On the standard loop nothing of this runs.
+        libuv ends a poll watcher when ``epoll`` reports ``POLLERR`` (``uv__poll_io`` in src/unix/poll.c;
+        libuv's docs: "polling is discontinued for the file handle") and uvloop then runs the reader and
+        writer callbacks once and closes its handle, telling no one (MagicStack/uvloop#552,
+        twisted/twisted#11904). A TCP connection reset while bytes are still unread gets exactly that: one
+        ``doRead`` takes some of the bytes, the reset stays pending behind the rest, and the connection never
+        reads again nor learns it is lost (Twisted's ``test_resumeProducingThrows`` waited forever). Twisted
+        relies on a selector loop reporting the descriptor until the error has been read. So here a
+        descriptor Twisted still watches that has ``POLLERR`` pending after a read event is registered
+        afresh, and the next turn reads on, as a selector loop would.
+
+        Only read events are checked (one ``poll(2)`` each): uvloop runs the reader first whenever there is
+        one, and a write-only descriptor's pending error fails the ``send``/``write`` that event makes, which
+        ends Twisted's connection (TCP, Unix sockets, pipes). On the standard loop nothing of this runs.
         """
         super()._readOrWrite(selectable, read)  # type: ignore[no-untyped-call]  # unannotated
-        if self._rearm_after_error:
+        if read and self._rearm_after_error:
             self._rearm_if_error(selectable)
 
     def _rearm_if_error(self, selectable: Any) -> None:
@@ -103,13 +108,17 @@ class UdpioReactor(AsyncioSelectorReactor):
         if not (reading or writing):  # lost, or no longer watched: nothing to keep alive
             return
         fd = self._readers[selectable] if reading else self._writers[selectable]
-        probe = select.poll()
+        probe = self._error_probe
         probe.register(fd, 0)  # no events asked: poll(2) reports POLLERR, POLLHUP and POLLNVAL regardless
-        events = probe.poll(0)
+        try:
+            events = probe.poll(0)
+        finally:
+            probe.unregister(fd)
         if not events or not events[0][1] & select.POLLERR:
             return
-        # Remove, then add: uvloop's handle for this descriptor is about to be closed (or already is), and
-        # removing it is what makes the loop forget it; the new handle reports the pending error next turn.
+        # Remove, then add: removing is what makes uvloop forget the handle it is closing (or has closed);
+        # the new handle reports what is pending on the next turn. Removing from inside the callback that
+        # uvloop's error path is running is the same as any callback removing its own reader.
         loop = self._asyncioEventloop
         if reading:
             loop.remove_reader(fd)
