@@ -26,8 +26,9 @@ import udpio
 
 REPO = Path(__file__).resolve().parent.parent
 UVLOOP = udpio._loop.uvloop_available()
-#: ``None``: the default reactor (``python -m udpio.compat`` with no ``--loop``: uvloop when installed).
-LOOPS = [None, "asyncio", *(["uvloop"] if UVLOOP else [])]
+#: ``None``: the default reactor (``python -m udpio.compat`` with no ``--loop``: uvloop when installed), then
+#: the standard loop when the default is not already it.
+LOOPS = [None, "asyncio"] if UVLOOP else [None]
 CHILD_TIMEOUT = 60
 #: How long the program waits for processEnded before it says it never came (the event takes milliseconds).
 GIVE_UP = 20
@@ -113,7 +114,7 @@ def _assert_ended(proc: subprocess.CompletedProcess[str], loop: str | None) -> N
     assert "Warning" not in proc.stderr, output  # -X dev: no ResourceWarning, no unclosed descriptor
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_child_that_closes_its_pipes_before_exiting_gets_processEnded(tmp_path: Path, loop: str | None) -> None:
     """Regression (issue 14): on uvloop the child's exit was never reported. uvloop points the signal
     wake-up descriptor at its own socket while it runs, so Twisted's SIGCHLD pipe never heard of the exit,
@@ -121,7 +122,7 @@ def test_child_that_closes_its_pipes_before_exiting_gets_processEnded(tmp_path: 
     _assert_ended(_run(tmp_path, loop, "reactor.callWhenRunning(spawn)"), loop)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_processEnded_through_sigchld_alone(tmp_path: Path, loop: str | None) -> None:
     """The SIGCHLD path by itself (pidfds turned off, as on a platform without them): the reactor's Python
     SIGCHLD handler wakes it even though uvloop holds the wake-up descriptor."""
@@ -134,7 +135,7 @@ def test_processEnded_through_sigchld_alone(tmp_path: Path, loop: str | None) ->
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd_open(2) on this platform")
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_processEnded_after_asyncio_ran_a_subprocess_on_the_same_loop(tmp_path: Path, loop: str | None) -> None:
     """Once uvloop has run a subprocess of its own, libuv owns SIGCHLD (its C handler replaces Python's, then
     ``SIG_DFL`` when its child is gone): no Python SIGCHLD handler runs again. The pidfd still reports."""
@@ -153,7 +154,7 @@ def test_processEnded_after_asyncio_ran_a_subprocess_on_the_same_loop(tmp_path: 
     _assert_ended(proc, loop)
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_spawn_before_run_is_reaped(tmp_path: Path, loop: str | None) -> None:
     """A child started before ``reactor.run()`` (its pidfd registered before the loop runs) is reaped too."""
     _assert_ended(_run(tmp_path, loop, "spawn()"), loop)
@@ -173,7 +174,7 @@ print("exit signal", reactor._exitSignal, flush=True)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_sigterm_and_sigint_stop_the_reactor_as_on_twisted(
     tmp_path: Path, loop: str | None, signum: signal.Signals
 ) -> None:
