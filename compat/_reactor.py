@@ -5,7 +5,10 @@ ports are udpio's.
 script.py``) installs it; existing Twisted code then runs unchanged. Only ``listenUDP``, ``listenMulticast``
 and ``adoptDatagramPort`` differ from Twisted's ``AsyncioSelectorReactor``: they return the ports of
 :mod:`udpio.compat._ports`. TCP, TLS, timers, threads, ``callFromThread``, processes and signals are
-Twisted's own, running on the same loop.
+Twisted's own, running on the same loop, with what uvloop would change repaired: a child's exit reaches the
+reactor through a pidfd and through a SIGCHLD handler that does not rely on the signal wake-up descriptor
+(:mod:`udpio.compat._children`), and a descriptor libuv stops watching after an error event is registered
+again (:meth:`UdpioReactor._readOrWrite`).
 
 This module is also what the Twisted plugin names (``twisted/plugins/udpio_reactor.py``): Twisted calls its
 :func:`install` with no arguments.
@@ -17,6 +20,7 @@ import asyncio
 import select
 import socket
 import sys
+import warnings
 from typing import Any
 
 from twisted.internet import error as terror
@@ -37,6 +41,13 @@ from ._ports import DEFAULT_MAX_PACKET_SIZE, MulticastPort, UDPPort
 
 __all__ = ["UdpioReactor", "install"]
 
+SIGCHLD_ONLY_ON_UVLOOP = (
+    "udpio's reactor on uvloop cannot watch this child through a pidfd (no pidfd_open(2) here: Linux 5.3 "
+    "or later has it), so its exit is reported through SIGCHLD alone. That works until asyncio code on the "
+    "same loop starts a subprocess of its own: libuv then takes SIGCHLD from Python for good, and a child "
+    "that outlives its pipes never gets processEnded. A program that does both should use loop='asyncio'."
+)
+
 
 @implementer(IReactorUDP, IReactorMulticast, IReactorSocket)
 class UdpioReactor(AsyncioSelectorReactor):
@@ -53,13 +64,19 @@ class UdpioReactor(AsyncioSelectorReactor):
     event's datagrams are all delivered, replies to one peer together in one GSO system call; a send error
     is then logged (as Twisted logs what ``datagramReceived`` raises) instead of raised by ``write``. Off,
     every ``write`` is one system call and raises its own errors, exactly as on Twisted.
+
+    Processes, signals and TCP behave as on Twisted's reactors on either loop: ``spawnProcess`` children are
+    reaped through a pidfd as well as SIGCHLD, and on uvloop a descriptor with an error pending after a read
+    event is registered again (libuv would stop watching it). See the README's "Processes, signals and TCP
+    on uvloop".
     """
 
     def __init__(self, eventloop: asyncio.AbstractEventLoop | None = None, *, hold_writes: bool = True) -> None:
         if not isinstance(hold_writes, bool):
             raise InvalidArgumentError("hold_writes", "True or False", hold_writes)
         self.hold_writes = hold_writes
-        self._rearm_after_error = False  # set once the loop is known: see _readOrWrite
+        self._uvloop = False  # set once the loop is known: see _readOrWrite and spawnProcess
+        self._warned_sigchld = False
         self._error_probe = select.poll()  # one descriptor at a time, reused: see _rearm_if_error
         self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
         created = eventloop is None
@@ -68,7 +85,7 @@ class UdpioReactor(AsyncioSelectorReactor):
             if created:
                 asyncio.set_event_loop(loop)
             super().__init__(loop)
-            self._rearm_after_error = loop_kind(loop) == "uvloop"
+            self._uvloop = loop_kind(loop) == "uvloop"
         except BaseException:
             if created:
                 asyncio.set_event_loop(None)
@@ -99,7 +116,7 @@ class UdpioReactor(AsyncioSelectorReactor):
         ends Twisted's connection (TCP, Unix sockets, pipes). On the standard loop nothing of this runs.
         """
         super()._readOrWrite(selectable, read)  # type: ignore[no-untyped-call]  # unannotated
-        if read and self._rearm_after_error:
+        if read and self._uvloop:
             self._rearm_if_error(selectable)
 
     def _rearm_if_error(self, selectable: Any) -> None:
@@ -181,7 +198,12 @@ class UdpioReactor(AsyncioSelectorReactor):
         a pidfd where the platform has them, so ``processEnded`` does not depend on SIGCHLD reaching the
         reactor (on uvloop it may not)."""
         transport = super().spawnProcess(*args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated
-        watch_exit(transport, self._addInternalReader, self._removeInternalReader)
+        watched = watch_exit(transport, self._addInternalReader, self._removeInternalReader)
+        if not watched and self._uvloop and transport.pid is not None and not self._warned_sigchld:
+            # Not silent: this child depends on SIGCHLD, which libuv takes from Python for good once asyncio
+            # code on this loop starts a subprocess of its own (see _children.py).
+            self._warned_sigchld = True
+            warnings.warn(SIGCHLD_ONLY_ON_UVLOOP, RuntimeWarning, stacklevel=2)
         return transport
 
     def _signalsFactory(self) -> SignalHandling:
