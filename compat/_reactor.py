@@ -77,7 +77,7 @@ class UdpioReactor(AsyncioSelectorReactor):
         self.hold_writes = hold_writes
         self._uvloop = False  # set once the loop is known: see _readOrWrite and spawnProcess
         self._warned_sigchld = False
-        self._error_probe = select.poll()  # one descriptor at a time, reused: see _rearm_if_error
+        self._error_probe: select.poll | None = None  # uvloop only (no poll(2) on Windows): see _rearm_if_error
         self._udpPorts: dict[UDPPort, None] = {}  # insertion-ordered set
         created = eventloop is None
         loop = new_event_loop() if eventloop is None else eventloop
@@ -86,6 +86,8 @@ class UdpioReactor(AsyncioSelectorReactor):
                 asyncio.set_event_loop(loop)
             super().__init__(loop)
             self._uvloop = loop_kind(loop) == "uvloop"
+            if self._uvloop:
+                self._error_probe = select.poll()  # one descriptor at a time, reused
         except BaseException:
             if created:
                 asyncio.set_event_loop(None)
@@ -120,12 +122,12 @@ class UdpioReactor(AsyncioSelectorReactor):
             self._rearm_if_error(selectable)
 
     def _rearm_if_error(self, selectable: Any) -> None:
+        probe = self._error_probe
         reading = selectable in self._readers
         writing = selectable in self._writers
-        if not (reading or writing):  # lost, or no longer watched: nothing to keep alive
+        if probe is None or not (reading or writing):  # lost, or no longer watched: nothing to keep alive
             return
         fd = self._readers[selectable] if reading else self._writers[selectable]
-        probe = self._error_probe
         probe.register(fd, 0)  # no events asked: poll(2) reports POLLERR, POLLHUP and POLLNVAL regardless
         try:
             events = probe.poll(0)
