@@ -139,6 +139,24 @@ def test_processEnded_through_sigchld_alone(tmp_path: Path, loop: str | None) ->
     _assert_ended(_run(tmp_path, loop, setup), loop, warned=_expected_loop(loop) == "uvloop")
 
 
+def test_sigchld_after_asyncio_moved_the_wakeup_descriptor_on_the_standard_loop(tmp_path: Path) -> None:
+    """The standard loop takes the signal wake-up descriptor too, once asyncio code calls
+    ``add_signal_handler``: Twisted's SIGCHLD pipe then hears nothing (Twisted's own asyncio reactor loses the
+    exit). The reactor's Python handler still wakes it (pidfds off, to test that path alone)."""
+    setup = """
+        import asyncio
+        import udpio.compat._children
+        udpio.compat._children.HAVE_PIDFD = False
+
+        def start():
+            asyncio.get_event_loop().add_signal_handler(signal.SIGUSR2, lambda: None)
+            spawn()
+
+        reactor.callWhenRunning(start)
+    """
+    _assert_ended(_run(tmp_path, "asyncio", setup), "asyncio")
+
+
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd_open(2) on this platform")
 @pytest.mark.parametrize("loop", LOOPS, ids=lambda loop: loop or "default")
 def test_processEnded_after_asyncio_ran_a_subprocess_on_the_same_loop(tmp_path: Path, loop: str | None) -> None:
