@@ -40,6 +40,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -452,7 +453,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"UNAVAILABLE: {reason}", flush=True)
         return EXIT_UNAVAILABLE
 
-    directory = args.results or tempfile.mkdtemp(prefix="udpio-twisted-suites-")
+    directory = args.results or tempfile.mkdtemp(prefix="udpio-twisted-suites-")  # kept only if it fails
     os.makedirs(directory, exist_ok=True)
     started = time.monotonic()
     jobs = sorted(((s, r) for s in suites for r in reactors), key=lambda job: -SUITES[job[0]].cost)
@@ -466,7 +467,8 @@ def main(argv: Sequence[str]) -> int:
             print(f"  {run.suite} on {run.reactor}: {run.seconds:.1f} s", flush=True)
     print()
     print(table(runs, suites, reactors))
-    print(f"\nwall time {time.monotonic() - started:.1f} s; logs and results in {directory}")
+    kept = "" if args.results else " (removed unless something fails)"
+    print(f"\nwall time {time.monotonic() - started:.1f} s; logs and results: {directory}{kept}")
     known = sorted(
         {
             f"{test_id} on {run.reactor}"
@@ -485,6 +487,8 @@ def main(argv: Sequence[str]) -> int:
     passed = sum(counts(run)["passed"] for run in udpio_runs)
     skipped = sum(counts(run)["skipped"] for run in udpio_runs)
     print(f"\nudpio reactors against {REFERENCE}: {passed} passed, {len(problems)} failed, {skipped} skipped")
+    if not problems and not args.results:
+        shutil.rmtree(directory)  # nothing to look at: trial's logs matter only when something failed
     return 1 if problems else 0
 
 
