@@ -149,7 +149,7 @@ async def run_stack(stack: str, scenarios: Sequence[str], timeout: float = DEFAU
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes on Python 3.10
         return _failed(stack, f"its process did not finish within {timeout:g} s")
     finally:
         if proc.returncode is None:  # timed out or cancelled: never leave the child behind

@@ -109,7 +109,7 @@ async def test_serve_echo_closes_socket_on_cancel(host: str) -> None:
             try:
                 await asyncio.wait_for(ep.recv(), 0.2)
                 break
-            except (TimeoutError, ConnectionRefusedError):
+            except (TimeoutError, asyncio.TimeoutError, ConnectionRefusedError):  # distinct on Python 3.10
                 continue
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
