@@ -58,6 +58,27 @@ def test_the_plugin_folder_is_no_package() -> None:
     assert not (REPO / "twisted").exists()
 
 
+def test_every_package_in_the_source_tree_is_listed_for_the_wheel() -> None:
+    """pyproject.toml lists the packages one by one (compat/ and the plugin install under other names), so a
+    new subpackage left off the list would be missing from the wheel while the editable install, which maps
+    whole folders, still imports it: every folder with an ``__init__.py`` under a listed package must be
+    listed itself."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the other interpreters run the same check
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    package_dir: dict[str, str] = setuptools["package-dir"]
+
+    def source(package: str) -> Path:  # setuptools' rule: the longest mapped prefix, then the rest as folders
+        parts = package.split(".")
+        for cut in range(len(parts), 0, -1):
+            if ".".join(parts[:cut]) in package_dir:
+                return (REPO / package_dir[".".join(parts[:cut])]).joinpath(*parts[cut:]).resolve()
+        return REPO.joinpath(*parts).resolve()
+
+    listed = {source(package) for package in setuptools["packages"]}
+    found = {init.parent for folder in listed for init in folder.rglob("__init__.py")}
+    assert sorted(map(str, found - listed)) == []
+
+
 @pytest.mark.parametrize("tool", ["trial", "twistd"])
 def test_help_reactors_lists_udpio_from_any_directory(tool: str, tmp_path: Path) -> None:
     proc = _run([_script(tool), "--help-reactors"], tmp_path)
