@@ -37,7 +37,8 @@ class build_py_with_pth(build_py):
 class editable_wheel_with_pth(editable_wheel):
     """The editable wheel: setuptools writes its own files through a "strategy" object; this adds the .pth
     the same way, so it is in the wheel's RECORD and ``pip uninstall`` removes it. (``_select_strategy`` is
-    setuptools' internal, unchanged from setuptools 64 to 84 at least; .ci/check_package fails if it moves.)"""
+    setuptools' internal, the same in setuptools 77 (our minimum) and 84; should it change, the editable
+    install has no .pth and tests/test_packaging.py fails.)"""
 
     def _select_strategy(self, name: str, tag: str, build_lib: Any) -> Any:
         return _AddPth(super()._select_strategy(name, tag, build_lib))
