@@ -1,8 +1,9 @@
 """udpio.compat: the Twisted compatibility layer (requires the ``udpio[twisted]`` extra)."""
 
 try:
-    # twisted.internet, not just twisted: the repository's own twisted/plugins/ dropin makes a bare
-    # ``import twisted`` succeed (as a namespace package) from a checkout where Twisted is not installed.
+    # twisted.internet, not just twisted: any folder named twisted/ without an __init__.py on sys.path makes a
+    # bare ``import twisted`` succeed as a namespace package where Twisted is not installed (the repository had
+    # one at its root until the plugin moved to compat/twisted_plugin/).
     import twisted.internet  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without Twisted installed
     raise ImportError("udpio.compat needs Twisted: pip install 'udpio[twisted]'") from exc

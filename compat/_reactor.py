@@ -10,8 +10,8 @@ reactor through a pidfd and through a SIGCHLD handler that does not rely on the 
 (:mod:`udpio.compat._children`), and a descriptor libuv stops watching after an error event is registered
 again (:meth:`UdpioReactor._readOrWrite`).
 
-This module is also what the Twisted plugin names (``twisted/plugins/udpio_reactor.py``): Twisted calls its
-:func:`install` with no arguments.
+This module is also what the Twisted plugin names (``compat/twisted_plugin/twisted/plugins/udpio_reactor.py``):
+Twisted calls its :func:`install` with no arguments.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ Two kinds of suite:
   before trial imports the test module. udpio's factory mirrors Twisted's own asyncio one
   (``reactormixins.asyncioSelectorReactor``: a new loop, current while the test runs, closed after).
 * Suites on the global reactor (``twisted.test.test_internet``, ``twisted.names.test``...) get it from
-  ``trial --reactor=NAME``; ``udpio`` comes through the Twisted plugin (the checkout's root on ``sys.path``:
-  an editable install hides ``twisted/plugins/udpio_reactor.py`` from Twisted's plugin search), its loop
-  from ``$UDPIO_LOOP``. Builder suites get the same global reactor as the one under test.
+  ``trial --reactor=NAME``; ``udpio`` comes through the installed Twisted plugin (editable or not: see
+  compat/twisted_plugin/__init__.py), its loop from ``$UDPIO_LOOP``. Builder suites get the same global
+  reactor as the one under test.
 
 Reactors: ``udpio-uvloop`` and ``udpio-asyncio`` (udpio's reactor on either loop), ``asyncio`` (Twisted's
 ``AsyncioSelectorReactor`` on the standard loop: the reference, always run), ``asyncio-uvloop`` (Twisted's
@@ -241,7 +241,6 @@ def _run_trial(suite: Suite, name: str, timeout: float, results: str) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    sys.path.insert(0, REPO)  # finds twisted/plugins/udpio_reactor.py for --reactor=udpio
 
     from twisted.internet.test import reactormixins
     from twisted.scripts import trial

@@ -4,7 +4,7 @@
     python tests/run_twisted_udp_suite.py builder [--loop auto|uvloop|asyncio] [TRIAL OPTIONS...]
 
 ``legacy`` is ``trial --reactor=udpio twisted.test.test_udp``: the reactor comes through the Twisted plugin
-(``twisted/plugins/udpio_reactor.py``), exactly as a user's ``trial --reactor=udpio`` gets it.
+(``compat/twisted_plugin/``), exactly as a user's ``trial --reactor=udpio`` gets it from an install.
 ``builder`` is ``twisted.internet.test.test_udp`` with its ``ReactorBuilder`` pointed at the udpio reactor
 only: every test builds a fresh :class:`~udpio.compat.UdpioReactor` on a fresh loop of the chosen kind.
 Trial's exit status is the runner's; its summary line (``PASSED (skips=1, successes=26)``) says what ran.
@@ -29,7 +29,6 @@ import sys
 import tempfile
 from typing import Any
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Exit status when the suite cannot run here (no root, no ``unshare``/``ip``): the caller skips, saying why.
 EXIT_UNAVAILABLE = 77
 _INSIDE_FLAG = "--inside-netns"
@@ -109,10 +108,8 @@ def _run_builder(trial_options: list[str]) -> int:
 
 
 def _run_legacy(trial_options: list[str]) -> int:
-    # The repository root on sys.path, as when trial runs from a checkout: an editable install (setuptools'
-    # import finder) does not put twisted/plugins/udpio_reactor.py where Twisted's plugin search looks; a
-    # regular install puts it in site-packages' twisted/plugins/ and finds it either way.
-    sys.path.insert(0, REPO)
+    # Nothing added to sys.path: the plugin must come from the installed udpio (wheel or editable), as it does
+    # for a user's trial. .ci/check_package runs this with a wheel's interpreter to test exactly that.
     return _trial(["--reactor=udpio", *trial_options, SUITES["legacy"]])
 
 

@@ -142,7 +142,7 @@ async def test_serve_echo_closes_socket_on_cancel(host: str) -> None:
             try:
                 await asyncio.wait_for(ep.recv(), 0.2)
                 break
-            except (TimeoutError, ConnectionRefusedError):
+            except (TimeoutError, asyncio.TimeoutError, ConnectionRefusedError):  # distinct on Python 3.10
                 continue
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -153,10 +153,11 @@ async def test_serve_echo_closes_socket_on_cancel(host: str) -> None:
 
 
 def test_compat_without_twisted_names_the_extra() -> None:
-    """Without Twisted, ``import udpio.compat`` says which extra to install, even from a checkout, where the
-    repository's own twisted/plugins/ directory makes a bare ``import twisted`` succeed as a namespace
-    package. The child runs with ``-S`` (no site-packages: no Twisted) from the repository root and loads
-    compat/ as ``udpio.compat`` by path, as the installed package maps it."""
+    """Without Twisted, ``import udpio.compat`` says which extra to install, even from a checkout (whose root
+    once held a twisted/plugins/ folder that made a bare ``import twisted`` succeed as a namespace package;
+    tests/test_packaging.py checks that no such folder comes back). The child runs with ``-S`` (no
+    site-packages: no Twisted) from the repository root and loads compat/ as ``udpio.compat`` by path, as the
+    installed package maps it."""
     root = pathlib.Path(__file__).parent.parent
     code = (
         "import importlib.util, sys, udpio\n"

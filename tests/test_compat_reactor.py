@@ -891,8 +891,9 @@ def test_python_m_udpio_compat_runs_a_script_unchanged(tmp_path: Path) -> None:
 
 
 def test_trial_lists_the_plugin_from_a_checkout() -> None:
-    """The dropin is found by Twisted's plugin search (site-packages' twisted/plugins/ for a regular install;
-    the checkout's twisted/plugins/ when its root is on sys.path, as with ``python -m`` from the root)."""
+    """The dropin is found by Twisted's plugin search with the checkout's root as the working directory (as
+    with ``python -m`` from the root) too: it comes from the install (compat/twisted_plugin/__init__.py says
+    how); tests/test_packaging.py runs trial and twistd from elsewhere."""
     proc = _python("", "-m", "twisted.trial", "--help-reactors", cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\s+udpio\s+udpio's drop-in reactor", proc.stdout, re.MULTILINE), proc.stdout
