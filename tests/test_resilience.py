@@ -239,6 +239,22 @@ async def test_garbage_flood_against_the_multicast_protocol() -> None:
 # -- soak -------------------------------------------------------------------------------------------
 
 
+def _wait_receive_queue_empty(port: int, timeout: float) -> None:
+    """Wait until the UDP socket bound to 127.0.0.1:``port`` has nothing queued (``rx_queue`` of
+    /proc/net/udp, proc(5)), so every datagram sent has been read or counted as a kernel drop. On a busy
+    machine the server can lag behind the sender; stopping it before it drained its queue would leave the
+    last datagrams neither received nor dropped."""
+    local = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/net/udp", encoding="ascii") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+        queued = [int(row[4].split(":")[1], 16) for row in rows if row[1] == local]
+        if not queued or queued[0] == 0 or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)  # polling the kernel's table: there is no event for "queue drained"
+
+
 @pytest.mark.skipif(not ROOT, reason="forged sources need a raw socket (root)")
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_soak_rss_stays_bounded_with_ever_new_sources(loop: str) -> None:
@@ -271,6 +287,7 @@ def test_soak_rss_stays_bounded_with_ever_new_sources(loop: str) -> None:
                 sender.kill()
                 sender.wait()
         sent = json.loads(out)["sent"]
+        _wait_receive_queue_empty(int(port), TIMEOUT)
     finally:
         server.send_signal(signal.SIGTERM)
         _, err = server.communicate(timeout=TIMEOUT)
