@@ -237,7 +237,7 @@ class TwistedAdapter(DatagramProtocol):
 
     ``connect=(host, port)`` connects the port before ``connection_made``, as a Twisted protocol would in
     ``startProtocol`` (an asyncio protocol never connects its own transport). The ``transport`` attribute is
-    Twisted's port; :attr:`asyncio_transport` is the wrapper the asyncio protocol got.
+    Twisted's port; ``asyncio_transport`` is the wrapper the asyncio protocol got.
     """
 
     noisy = False  # the asyncio protocol logs what it wants; Twisted's "Starting protocol" lines are noise

@@ -263,7 +263,7 @@ class UDPPort:
         return applicationObject.__class__.__name__
 
     def setLogStr(self) -> None:
-        """Set :attr:`logstr` from the protocol (``"<prefix> (UDP)"``), as Twisted's port does."""
+        """Set ``logstr`` from the protocol (``"<prefix> (UDP)"``), as Twisted's port does."""
         self.logstr = f"{self._getLogPrefix(self.protocol)} (UDP)"
 
     def logPrefix(self) -> str:
