@@ -27,6 +27,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "_ext"))
 
 import twisted_inventory  # noqa: E402  # from _ext/, put on sys.path just above
+import udpio.compat  # noqa: E402
 
 import udpio  # noqa: E402
 
@@ -118,6 +119,41 @@ def _plain_repository_links(app: Sphinx, path: pathlib.Path, docname: str, conte
         content[0] = re.sub(r"^#### ", "### ", text, flags=re.MULTILINE)
 
 
+def _directive_for(module: str, name: str) -> str:
+    value = getattr(sys.modules[module], name)
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return f".. autoexception:: {module}.{name}"
+    if isinstance(value, type):
+        return f".. autoclass:: {module}.{name}"
+    if callable(value):
+        return f".. autofunction:: {module}.{name}"
+    return f".. autodata:: {module}.{name}"
+
+
+def _every_export_on_the_api_page(app: Sphinx, docname: str, source: list[str]) -> None:
+    """The API page groups what udpio exports by topic; a name added to ``__all__`` that the page does not
+    name yet is appended under "Not filed yet", so autodoc documents every export and none goes missing."""
+    if docname != "api":
+        return
+    missing = [
+        (module.__name__, name)
+        for module in (udpio, udpio.compat)
+        for name in module.__all__
+        # named as "udpio.NAME", as ".. py:data:: NAME", or on a continuation line of a py:data directive
+        if not re.search(rf"(\b{re.escape(module.__name__)}\.|:: ){name}\b|^ +{name}$", source[0], re.MULTILINE)
+    ]
+    if missing:
+        lines = "\n".join(_directive_for(module, name) for module, name in missing)
+        source[0] += f"\n## Not filed yet\n\n```{{eval-rst}}\n{lines}\n```\n"
+
+
+def _api_page_always_read(app: Sphinx, env: Any, added: set[str], changed: set[str], removed: set[str]) -> list[str]:
+    """The API page depends on ``__all__``, not only on its own text: read it on every build."""
+    return ["api"]
+
+
 def setup(app: Sphinx) -> None:
+    app.connect("source-read", _every_export_on_the_api_page)
+    app.connect("env-get-outdated", _api_page_always_read)
     app.connect("missing-reference", _public_name)
     app.connect("include-read", _plain_repository_links)
