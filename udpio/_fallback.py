@@ -62,8 +62,10 @@ STRATEGY_NAME = "loop_transport"
 
 def pausable(inner: asyncio.BaseTransport) -> bool:
     """Whether the loop's datagram transport can pause reading: the selector loop's can from Python 3.11.3
-    (``pause_reading`` moved to its base transport class), the proactor loop's cannot."""
-    return callable(getattr(inner, "pause_reading", None))
+    (``pause_reading`` moved to its base transport class), the proactor loop's cannot. Before that, the
+    selector's has ``asyncio.ReadTransport``'s placeholder, which raises :class:`NotImplementedError`."""
+    method = getattr(type(inner), "pause_reading", None)
+    return method is not None and method is not asyncio.ReadTransport.pause_reading
 
 
 class _RetryingWriterLoop:
@@ -103,7 +105,12 @@ class _Bridge(asyncio.DatagramProtocol):
         self._waiter = waiter
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport.inner_made(cast(asyncio.DatagramTransport, transport), self._waiter)
+        try:
+            self._transport.inner_made(cast(asyncio.DatagramTransport, transport), self._waiter)
+        except BaseException as exc:  # the starter awaits the waiter: it must hear of any failure here
+            if not self._waiter.done():
+                self._waiter.set_exception(exc)
+            raise
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._transport.inner_received(data, addr)
