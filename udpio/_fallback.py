@@ -163,13 +163,14 @@ class LoopTransport(DatagramTransport):
         """One datagram from the loop's transport: counted, checked against ``max_size``, delivered."""
         if self._closing:
             return
-        if not self._reading:  # paused, on a loop transport that cannot pause
-            if len(self._held) < MAX_HELD:
-                self._held.append((data, addr))
-            else:
-                self._counters.dropped_queue += 1
-            return
-        self._deliver(data, addr)
+        if self._reading and not self._held:
+            self._deliver(data, addr)
+        elif self._reading or len(self._held) < MAX_HELD:
+            # Paused, on a loop transport that cannot pause: held. Or resumed with held datagrams still to
+            # deliver (their release is scheduled): behind them, so the order is kept.
+            self._held.append((data, addr))
+        else:
+            self._counters.dropped_queue += 1
 
     def _deliver(self, data: bytes, addr: Any) -> None:
         size = len(data)
