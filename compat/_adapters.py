@@ -12,7 +12,7 @@ Two adapters, one per direction, each a thin translation with no protocol logic 
   :class:`UdpioPort` (Twisted's ``IListeningPort`` and ``IUDPTransport``) or a :class:`UdpioMulticastPort`
   (plus ``IMulticastTransport``) on top of :class:`udpio.DatagramTransport`.
 
-Every mapping rule (and where the stacks differ by design) is in the README's "Handlers across stacks"
+Every mapping rule (and where the stacks differ by design) is in docs/twisted.md, "Handlers across stacks"
 table; the comments below say why each rule is what it is. Each side raises its own vocabulary: the
 asyncio-facing objects raise udpio's exceptions, the Twisted-facing ones raise Twisted's.
 """
@@ -237,7 +237,7 @@ class TwistedAdapter(DatagramProtocol):
 
     ``connect=(host, port)`` connects the port before ``connection_made``, as a Twisted protocol would in
     ``startProtocol`` (an asyncio protocol never connects its own transport). The ``transport`` attribute is
-    Twisted's port; :attr:`asyncio_transport` is the wrapper the asyncio protocol got.
+    Twisted's port; ``asyncio_transport`` is the wrapper the asyncio protocol got.
     """
 
     noisy = False  # the asyncio protocol logs what it wants; Twisted's "Starting protocol" lines are noise
@@ -295,7 +295,7 @@ class TwistedAdapter(DatagramProtocol):
         """The port is closed (stopped by us, or by Twisted): ``connection_lost(None)``.
 
         Twisted does not tell ``stopProtocol`` why the port stopped, so the asyncio protocol always gets
-        ``None``, even when Twisted's epoll reactor closed the port on an ICMP error (see the README).
+        ``None``, even when Twisted's epoll reactor closed the port on an ICMP error (see docs/twisted.md).
         """
         if self.asyncio_transport is not None:
             self.asyncio_transport.port_stopped()

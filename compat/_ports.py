@@ -16,7 +16,7 @@ delivered is held and sent at the end of the event, each run to one peer in one 
 (``_MAX_HELD_WRITES``); the rare ``EAGAIN`` makes the transport buffer the datagram (Twisted raises it to the
 caller instead).
 
-Where Twisted's ports are wrong, these are not (the README lists each difference):
+Where Twisted's ports are wrong, these are not (docs/twisted.md lists each difference):
 
 * ICMP port-unreachable on a connected port calls ``connectionRefused`` every time and the port stays open
   (Twisted's epoll and poll reactors close it silently: Twisted #5377, #6287, #6467). On uvloop the
@@ -263,7 +263,7 @@ class UDPPort:
         return applicationObject.__class__.__name__
 
     def setLogStr(self) -> None:
-        """Set :attr:`logstr` from the protocol (``"<prefix> (UDP)"``), as Twisted's port does."""
+        """Set ``logstr`` from the protocol (``"<prefix> (UDP)"``), as Twisted's port does."""
         self.logstr = f"{self._getLogPrefix(self.protocol)} (UDP)"
 
     def logPrefix(self) -> str:

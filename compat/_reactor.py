@@ -67,7 +67,7 @@ class UdpioReactor(AsyncioSelectorReactor):
 
     Processes, signals and TCP behave as on Twisted's reactors on either loop: ``spawnProcess`` children are
     reaped through a pidfd as well as SIGCHLD, and on uvloop a descriptor with an error pending after a read
-    event is registered again (libuv would stop watching it). See the README's "Processes, signals and TCP
+    event is registered again (libuv would stop watching it). See docs/twisted.md, "Processes, signals and TCP
     on uvloop".
     """
 

@@ -7,7 +7,7 @@ answers with ICMP port-unreachable, twice), ``multicast`` (two members share a p
 interface; a notifier sends ``Notify`` to the group and each member answers ``Acknowledge`` by unicast).
 
 Stacks (``STACKS``): udpio on the standard loop and on uvloop, Twisted's epoll reactor and asyncio reactor,
-Twisted's asyncio reactor over uvloop (a popular combination with a trap, see the README), the udpio drop-in
+Twisted's asyncio reactor over uvloop (a popular combination with a trap, see docs/twisted.md), the udpio drop-in
 reactor (``udpio.compat.install()``), and ``udpio-twisted-api`` (the handlers wrapped in
 :class:`~udpio.compat.TwistedAdapter` and served by :func:`~udpio.compat.listen_twisted`, so the two adapters
 are checked end to end).

@@ -10,13 +10,23 @@ strategy registered later (the compiled one, when its module imports) joins the 
 A test whose endpoints use socket features declares them with ``pytest.mark.receive_features("gro", ...)``
 (on the test or on one of its parameters); it then runs only on the strategies that can read them, and the
 other combinations are deselected (the summary counts them).
+
+A third loop, ``no-readers``: the standard selector loop with ``add_reader``/``add_writer`` refusing as a
+proactor loop's do (Windows' default loop raises :class:`NotImplementedError` from both), so endpoints run on
+``udpio/_fallback.py``. A module opts in with ``pytestmark = pytest.mark.fallback``: its async tests then run
+on that loop too (once, whatever the receive strategy: none is used there); ``pytest.mark.fallback("only")``
+runs them on that loop alone. A test that cannot apply there
+says why with ``pytest.mark.needs_readers("reason")`` and is skipped with that reason on that loop only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import socket
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,6 +35,39 @@ from udpio import _receive
 from udpio._loop import uvloop_available
 
 LOOPS = ["asyncio", "uvloop"] if uvloop_available() else ["asyncio"]
+#: The loop kind of the fallback tests (see the module doc).
+NO_READERS = "no-readers"
+
+
+class NoReadersLoop(asyncio.SelectorEventLoop):
+    """The standard loop without readiness callbacks, as a proactor loop: ``add_reader``/``add_writer`` raise
+    :class:`NotImplementedError`. asyncio's own transports keep working: they call the loop's private
+    ``_add_reader``, as the proactor loop's transports use its own completion machinery."""
+
+    def add_reader(self, fd: object, callback: object, *args: object) -> None:
+        raise NotImplementedError("add_reader: this loop, like a proactor loop, has no readiness callbacks")
+
+    def add_writer(self, fd: object, callback: object, *args: object) -> None:
+        raise NotImplementedError("add_writer: this loop, like a proactor loop, has no readiness callbacks")
+
+
+def run_without_readers(coro: Any) -> None:
+    """Run ``coro`` on a fresh :class:`NoReadersLoop`, as ``udpio.run`` runs the other kinds."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=NoReadersLoop) as runner:
+            runner.run(coro)
+        return
+
+    class Policy(asyncio.DefaultEventLoopPolicy):  # pragma: no cover - Python 3.10: no asyncio.Runner
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return NoReadersLoop()
+
+    previous = asyncio.get_event_loop_policy()  # pragma: no cover
+    asyncio.set_event_loop_policy(Policy())  # pragma: no cover
+    try:  # pragma: no cover
+        udpio.run(coro, loop="asyncio")  # asyncio.new_event_loop() asks the policy
+    finally:  # pragma: no cover
+        asyncio.set_event_loop_policy(previous)
 
 
 def _ipv6_works() -> bool:
@@ -43,20 +86,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if inspect.iscoroutinefunction(metafunc.function) and "loop_kind" not in metafunc.fixturenames:
         metafunc.fixturenames.append("loop_kind")
     if "loop_kind" in metafunc.fixturenames:
-        metafunc.parametrize("loop_kind", LOOPS, scope="function")
+        fallback = metafunc.definition.get_closest_marker("fallback")
+        kinds = LOOPS if fallback is None else [NO_READERS] if "only" in fallback.args else [*LOOPS, NO_READERS]
+        metafunc.parametrize("loop_kind", kinds, scope="function")
     if "receive_strategy" in metafunc.fixturenames:
         metafunc.parametrize("receive_strategy", list(_receive.REGISTRY), indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (strategy, test) pairs where the strategy cannot read a feature the test's endpoints use."""
+    """Deselect (strategy, test) pairs where the strategy cannot read a feature the test's endpoints use, and
+    on the ``no-readers`` loop every strategy but the first (no strategy runs there: the runs would be the
+    same); skip there, with their reason, the tests marked ``needs_readers``."""
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
+    first = next(iter(_receive.REGISTRY))
     for item in items:
         callspec = getattr(item, "callspec", None)
-        name = callspec.params.get("receive_strategy") if callspec is not None else None
+        params = callspec.params if callspec is not None else {}
+        name = params.get("receive_strategy")
         needs = {feature for mark in item.iter_markers("receive_features") for feature in mark.args}
-        if name is not None and not needs <= _receive.REGISTRY[name].features:
+        if params.get("loop_kind") == NO_READERS:
+            if name is not None and name != first:
+                dropped.append(item)
+                continue
+            mark = item.get_closest_marker("needs_readers")
+            if mark is not None:
+                item.add_marker(pytest.mark.skip(reason=f"needs add_reader: {mark.args[0]}"))
+            kept.append(item)
+        elif name is not None and not needs <= _receive.REGISTRY[name].features:
             dropped.append(item)
         else:
             kept.append(item)
@@ -75,7 +132,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kind = pyfuncitem.callspec.params["loop_kind"]
     if "loop_kind" in inspect.signature(pyfuncitem.obj).parameters:
         kwargs["loop_kind"] = kind
-    udpio.run(pyfuncitem.obj(**kwargs), loop=kind)
+    if kind == NO_READERS:
+        run_without_readers(pyfuncitem.obj(**kwargs))
+    else:
+        udpio.run(pyfuncitem.obj(**kwargs), loop=kind)
     return True
 
 

@@ -44,6 +44,9 @@ from ._helpers import Collector
 from ._lines import Lines, stop
 from ._netns import entered, ip, netns, skip_reason
 
+#: The async tests run on the loop without add_reader too (tests/conftest.py).
+pytestmark = pytest.mark.fallback
+
 LOOPS = ["asyncio", "uvloop"]
 try:
     import uvloop  # noqa: F401

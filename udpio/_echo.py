@@ -33,7 +33,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
 
     ``policy`` as :func:`start_echo`: by default a fresh :class:`~udpio.SafetyPolicy`. Refused datagrams
     are counted in the transport's counters (``policy_drops`` by reason) or, on a transport without
-    udpio's counters, in :attr:`counters`. Works on any asyncio datagram transport; on udpio's it takes
+    udpio's counters, in ``counters``. Works on any asyncio datagram transport; on udpio's it takes
     whole batches per readiness event.
     """
 

@@ -284,7 +284,8 @@ def _route_hint(family: int, interface: Interface, exc: OSError) -> str:
 
 def multicast(transport: asyncio.BaseTransport) -> MulticastControl:
     """The :class:`MulticastControl` of a transport made by :func:`listen_multicast` (or of
-    :attr:`MulticastEndpoint.transport`); :class:`~udpio.InvalidArgumentError` for any other transport."""
+    :attr:`MulticastEndpoint.transport <DatagramEndpoint.transport>`); :class:`~udpio.InvalidArgumentError`
+    for any other transport."""
     sock = transport.get_extra_info("socket")
     control = _CONTROLS.get(sock) if isinstance(sock, socket.socket) else None
     if control is None or not isinstance(transport, DatagramTransport):

@@ -7,7 +7,7 @@ the received bytes with the str ``'Notify'`` and so never answered; here bytes a
 
 A member answers whoever a Notify *claims* to come from, and its Acknowledge (11 bytes) is larger than the
 Notify (6): with N members on a group, one forged Notify makes N Acknowledges land on the forged source. So a
-member answers only what a :class:`~udpio.SafetyPolicy` admits (:func:`notify_policy` by default: the
+member answers only what a :class:`~udpio.SafetyPolicy` admits (``notify_policy()`` by default: the
 reflection guard, no multicast/broadcast/mapped-loopback sources, and low rate limits), which caps what a
 victim can receive from each member at :data:`NOTIFY_SOURCE_RATE` Acknowledges a second, whatever an attacker
 sends; the refusals are :class:`NotifyRefused` events (and ``policy_drops`` on udpio's transport).
@@ -124,10 +124,10 @@ class NotifyLogic:
     """The Notify/Acknowledge behaviour, without sockets or clocks.
 
     ``answer``: answer each Notify with an Acknowledge to its sender (a member); off, only count them.
-    ``policy``: which Notifies may be answered: ``"default"`` (:func:`notify_policy`), a
+    ``policy``: which Notifies may be answered: ``"default"`` (``notify_policy()``), a
     :class:`~udpio.SafetyPolicy` of your own (one per member), or ``None`` (answer all: lab use only).
-    Counters: :attr:`notifies_received`, :attr:`acknowledges_sent`, :attr:`refused`, :attr:`acknowledgements`,
-    :attr:`ignored`.
+    Counters: ``notifies_received``, ``acknowledges_sent``, ``refused``, ``acknowledgements``,
+    ``ignored``.
     """
 
     def __init__(
@@ -191,8 +191,8 @@ class NotifyProtocol(asyncio.DatagramProtocol):
     sends more. ``answer``: answer Notify with Acknowledge, as far as ``policy`` allows (see
     :class:`NotifyLogic`; refusals are also counted in the transport's ``policy_drops``). Events
     (:class:`NotifySent`, :class:`NotifyReceived`, :class:`AcknowledgeSent`, :class:`NotifyRefused`,
-    :class:`Acknowledged`, :class:`DatagramIgnored`) go to ``on_event``, or without it into :attr:`events`
-    (the last :data:`MAX_EVENTS`).
+    :class:`Acknowledged`, :class:`DatagramIgnored`) go to ``on_event``, or without it into ``events``
+    (the last ``MAX_EVENTS``).
 
     On a shared port the Notify this endpoint sends comes back to it too, and it answers it, as the
     tutorial's member did; bind the sender to its own port to avoid that.
@@ -253,7 +253,7 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         logger.debug("udpio: Notify/Acknowledge endpoint error: %r", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Resolve :attr:`closed`."""
+        """Resolve ``closed``."""
         if not self.closed.done():
             self.closed.set_result(exc)
 

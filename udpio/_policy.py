@@ -9,7 +9,7 @@ forged. The abuses that follow (US-CERT TA14-017A lists the services involved):
 * **loops**: a request forged to come from another server that answers everything makes the two answer each
   other forever (the echo/chargen loop, CVE-1999-0103). Well-known service ports, port 0 (never a real sender:
   RFC 768 lets it mean "no reply expected") and the server's own port are refused outright; a loop between
-  servers on *any* ports is caught when this server's own reply keeps coming back (:data:`LOOP_MAX_RETURNS`);
+  servers on *any* ports is caught when this server's own reply keeps coming back (``LOOP_MAX_RETURNS``);
 * **reflection where the reply should not go**: a multicast, broadcast or unspecified source (the reply would
   go to a group, a link or this host), or an IPv4-mapped source that no real peer can have on the socket (see
   :meth:`SafetyPolicy.bind`).
@@ -70,7 +70,7 @@ class DropReason(str, enum.Enum):
     #: An allow list is set and the source is not in it.
     NOT_ALLOWED = "not_allowed"
     #: This server's own reply kept coming back from the peer it was sent to (more than
-    #: :data:`LOOP_MAX_RETURNS` times, over :data:`LOOP_PERSISTS` seconds or more): the peer answers everything
+    #: ``LOOP_MAX_RETURNS`` times, over ``LOOP_PERSISTS`` seconds or more): the peer answers everything
     #: too, and answering again would keep a loop going.
     LOOP = "loop"
     #: The source's token bucket is empty.
@@ -434,13 +434,13 @@ class SafetyPolicy:
     3. ``deny``, then ``allow`` (if not empty): lists of CIDR networks, IPv4 and IPv6 (on a dual-stack socket,
        IPv4-mapped sources match IPv4 networks);
     4. loop guard (with the reflection guard): a reply of this server that keeps coming back from its peer
-       (more than :data:`LOOP_MAX_RETURNS` times, for :data:`LOOP_PERSISTS` seconds or more) is refused once,
+       (more than ``LOOP_MAX_RETURNS`` times, for ``LOOP_PERSISTS`` seconds or more) is refused once,
        which ends a loop with another server on any port;
     5. per-source token bucket, ``rate`` datagrams/s with ``burst`` (default one second's worth), state for
        at most ``max_sources`` sources (least recently seen forgotten first); ``rate=None`` turns it off;
     6. server-wide token bucket, ``global_rate`` / ``global_burst``; ``global_rate=None`` turns it off.
 
-    Sources in ``exempt`` networks (default :data:`LOOPBACK_NETWORKS`) skip steps 5 and 6 only.
+    Sources in ``exempt`` networks (default ``LOOPBACK_NETWORKS``) skip steps 5 and 6 only.
 
     Bad options raise :class:`~udpio.InvalidArgumentError` (or its subclasses) naming the value.
     """
@@ -590,7 +590,7 @@ class SafetyPolicy:
 
     @property
     def tracked_replies(self) -> int:
-        """Replies the loop guard remembers now (at most :data:`MAX_TRACKED_REPLIES`; counted, so not cheap)."""
+        """Replies the loop guard remembers now (at most ``MAX_TRACKED_REPLIES``; counted, so not cheap)."""
         return MAX_TRACKED_REPLIES - self._reply_keys.count(0)
 
     # -- decisions ----------------------------------------------------------------------------

@@ -18,14 +18,20 @@ from ._limits import C_INT_MAX
 
 IS_LINUX = sys.platform.startswith("linux")
 
+#: Each Linux-only option below is ``None`` where the platform has no such option (elsewhere than Linux; the
+#: numbers are Linux's, for Pythons whose socket module does not export them yet). Code reads them at call time,
+#: so tests hide one by setting it to ``None`` (tests/test_degrade.py) and see what that platform would do.
 #: ``SO_RXQ_OVFL`` (socket(7), Linux >= 2.6.33): every datagram carries, as ancillary data, the uint32
-#: count of datagrams the kernel dropped on this socket because its receive queue was full.
-SO_RXQ_OVFL: int = getattr(socket, "SO_RXQ_OVFL", 40)
-#: ``UDP_SEGMENT`` (udp(7), Linux >= 4.18): GSO, one send of many equal-sized datagrams.
-UDP_SEGMENT: int = getattr(socket, "UDP_SEGMENT", 103)
+#: count of datagrams the kernel dropped on this socket because its receive queue was full. Without it,
+#: ``track_kernel_drops=True`` is ignored and ``kernel_drops`` comes from ``/proc/net/udp`` (or stays 0).
+SO_RXQ_OVFL: int | None = getattr(socket, "SO_RXQ_OVFL", 40 if IS_LINUX else None)
+#: ``UDP_SEGMENT`` (udp(7), Linux >= 4.18): GSO, one send of many equal-sized datagrams. Without it,
+#: ``send_many`` sends each datagram with its own ``sendto``.
+UDP_SEGMENT: int | None = getattr(socket, "UDP_SEGMENT", 103 if IS_LINUX else None)
 #: ``UDP_GRO`` (udp(7), Linux >= 5.0): the kernel may coalesce equal-sized datagrams into one receive,
-#: reporting the segment size as a ``UDP_GRO`` control message (an int).
-UDP_GRO: int = getattr(socket, "UDP_GRO", 104)
+#: reporting the segment size as a ``UDP_GRO`` control message (an int). Without it, ``gro=True`` is
+#: ignored (``get_extra_info("gro")`` is ``False``) and every datagram is received on its own.
+UDP_GRO: int | None = getattr(socket, "UDP_GRO", 104 if IS_LINUX else None)
 SOL_UDP: int = getattr(socket, "SOL_UDP", 17)
 
 #: The socket error queue (ip(7)/ipv6(7) IP_RECVERR, IPV6_RECVERR; Linux). With IP_RECVERR on, the kernel
@@ -33,8 +39,10 @@ SOL_UDP: int = getattr(socket, "SOL_UDP", 17)
 #: unread, it makes the selector loop spin and makes libuv (uvloop) stop the reader for good. Each entry
 #: carries a ``struct sock_extended_err`` (include/uapi/linux/errqueue.h): ``u32 ee_errno; u8 ee_origin,
 #: ee_type, ee_code, ee_pad; u32 ee_info, ee_data``, then the offender's address.
-IP_RECVERR: int = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR: int = getattr(socket, "IPV6_RECVERR", 25)
+#: Without it (``None``), nothing reads the error queue: ICMP errors reach ``error_received`` only as the
+#: pending error of a connected socket (ECONNREFUSED), which needs no ``IP_RECVERR``.
+IP_RECVERR: int | None = getattr(socket, "IP_RECVERR", 11 if IS_LINUX else None)
+IPV6_RECVERR: int | None = getattr(socket, "IPV6_RECVERR", 25 if IS_LINUX else None)
 _SO_EE_ORIGIN_LOCAL = 1  # raised by the send call itself (EMSGSIZE...), already reported there
 _EXTENDED_ERR = struct.Struct("=IBBBBII")
 #: Ancillary room for one error-queue entry: the extended error plus a sockaddr_in6 (28 bytes).
@@ -64,10 +72,10 @@ def read_icmp_errors(sock: socket.socket, limit: int) -> list[int]:
     """Read the socket's error queue empty (at most ``limit`` entries); the errnos of the ICMP errors in it.
 
     Local errors are skipped (their send call failed and was reported). Without IP_RECVERR the queue is
-    empty and this costs one failing ``recvmsg``; elsewhere than Linux it does nothing.
+    empty and this costs one failing ``recvmsg``; where there is no ``IP_RECVERR`` it does nothing.
     """
     found: list[int] = []
-    if not IS_LINUX:
+    if IP_RECVERR is None:  # no error queue on this platform
         return found
     for _ in range(limit):
         try:
@@ -235,7 +243,7 @@ def pending_error(sock: socket.socket) -> int:
 
 def enable_rxq_ovfl(sock: socket.socket) -> bool:
     """Best effort: ask for the kernel drop counter on every datagram. ``False`` where the kernel lacks it."""
-    if not IS_LINUX:
+    if SO_RXQ_OVFL is None:
         return False
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
@@ -253,7 +261,7 @@ def parse_rxq_ovfl(data: bytes) -> int:
 
 def enable_gro(sock: socket.socket) -> bool:
     """Best effort: let the kernel coalesce received datagrams (``UDP_GRO``). ``False`` where unsupported."""
-    if not IS_LINUX:
+    if UDP_GRO is None:
         return False
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -266,7 +274,7 @@ def enable_gro(sock: socket.socket) -> bool:
 
 def gso_supported(sock: socket.socket) -> bool:
     """Whether ``UDP_SEGMENT`` works on this socket (probed with a harmless ``getsockopt``)."""
-    if not IS_LINUX:
+    if UDP_SEGMENT is None:
         return False
     try:
         sock.getsockopt(SOL_UDP, UDP_SEGMENT)
@@ -280,8 +288,10 @@ def gso_supported(sock: socket.socket) -> bool:
 def gso_cmsg(segment_size: int) -> tuple[int, int, bytes]:
     """Ancillary data for ``sendmsg`` asking the kernel to cut the buffer into ``segment_size`` datagrams.
 
-    udp(7): the value is a ``uint16_t``; the last segment may be shorter.
+    udp(7): the value is a ``uint16_t``; the last segment may be shorter. Only called once
+    :func:`gso_supported` said yes, so ``UDP_SEGMENT`` exists.
     """
+    assert UDP_SEGMENT is not None  # internal invariant (gso_supported), not caller input
     return (SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment_size))
 
 

@@ -366,6 +366,32 @@ class DatagramTransport(asyncio.DatagramTransport):
         self._send.set_limits(high, low)
 
 
+#: Loop classes already probed: whether ``add_reader`` works on them (a class either implements it or not).
+_READERS: dict[type, bool] = {}
+
+
+def _noop() -> None:
+    """A reader registered and removed at once, only to probe the loop."""
+
+
+def loop_has_readers(loop: asyncio.AbstractEventLoop, fileno: int) -> bool:
+    """Whether ``loop`` watches descriptors with ``add_reader`` (probed once per loop class, on ``fileno``).
+    A proactor loop (Windows' default) raises :class:`NotImplementedError` instead: it completes I/O rather
+    than reporting readiness."""
+    kind = type(loop)
+    known = _READERS.get(kind)
+    if known is None:
+        try:
+            loop.add_reader(fileno, _noop)
+        except NotImplementedError:
+            known = False
+        else:
+            loop.remove_reader(fileno)
+            known = True
+        _READERS[kind] = known
+    return known
+
+
 async def start_transport(
     sock: socket.socket,
     protocol_factory: Callable[[], P],
@@ -375,8 +401,14 @@ async def start_transport(
 ) -> tuple[DatagramTransport, P]:
     """Serve a ready (bound, non-blocking) socket owned by udpio with ``protocol_factory()``: the building
     block of every factory. ``connection_made`` runs in the loop's next step, as asyncio's own transports
-    do; the socket is closed if anything fails."""
+    do; the socket is closed if anything fails. On a loop without ``add_reader`` the endpoint is served by
+    ``_fallback.LoopTransport`` instead (same surface, received through the loop's own datagram transport)."""
     loop = asyncio.get_running_loop()
+    if not loop_has_readers(loop, sock.fileno()):
+        # No add_reader (a proactor loop): serve through the loop's own datagram transport (_fallback.py).
+        from . import _fallback  # noqa: PLC0415  # here, not at the top: _fallback subclasses DatagramTransport
+
+        return await _fallback.start(sock, protocol_factory, options, remote=remote)
     try:
         protocol = protocol_factory()
         transport = DatagramTransport(loop, sock, protocol, options, remote=remote)

@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
         description=(
             "Run the Twisted tutorial's four UDP scenarios (echo, adopt, connected, multicast) once per stack, "
             "each stack in its own process, and print every role's callbacks side by side. Exits 1 on a "
-            "difference that is not on the documented list (see the README, 'Side by side')."
+            "difference that is not on the documented list (docs/twisted.md, 'Side by side')."
         ),
     )
     parser.add_argument(
