@@ -348,7 +348,10 @@ class SendPath:
             if isinstance(source, LocalAddress):
                 local = source
             elif isinstance(source, str):
-                local = LocalAddress(source)
+                try:
+                    local = LocalAddress(source)
+                except InvalidAddressError:
+                    raise InvalidAddressError("source", "an IP address of this host (not a name)", source) from None
             else:
                 raise InvalidAddressError("source", "a udpio.LocalAddress or an IP address string", source)
             if self._dual_stack is None:

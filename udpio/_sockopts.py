@@ -380,7 +380,7 @@ def local_address(level: int, data: bytes, mapped: bool = False) -> LocalAddress
             return None
         index, spec_dst, header_dst = _IN_PKTINFO.unpack_from(data)
         packed = spec_dst
-        if packed == _ANY4 and 0 < header_dst[0] < 224 and header_dst != b"\xff" * 4:
+        if packed == _ANY4 and 0 < header_dst[0] < 224:  # not 0/8, a group (224/4) or a broadcast (255.x)
             packed = header_dst  # queued before the option was set: the header's unicast destination
         if mapped:
             host = socket.inet_ntop(socket.AF_INET6, _MAPPED_PREFIX + packed)

@@ -241,7 +241,8 @@ class DatagramTransport(asyncio.DatagramTransport):
         if local != config.pktinfo:
             # The protocol takes local addresses (datagram(s)_received_on): the kernel must say, per datagram,
             # where it was sent; the option costs a control message per datagram, so it is on only then.
-            _sockopts.set_pktinfo(self._sock, local)
+            if self._sock.fileno() != -1:  # a closed transport (set_protocol after close) reads nothing
+                _sockopts.set_pktinfo(self._sock, local)
             config = self._receive_config = dataclasses.replace(config, pktinfo=local)
         spec = _receive.choose(config, protocol)
         self._extra["receive_strategy"] = spec.name

@@ -285,10 +285,10 @@ class ZeroCopy(_ControlMessages):
         try:
             flush(batch, nbytes)
         finally:
-            for view, *_ in batch:
+            for item in batch:
                 # BufferError: the handler made an export of it; the arena check below sees it.
                 with contextlib.suppress(BufferError):
-                    view.release()
+                    item[0].release()
             arena.release()
             try:
                 self._bytes.append(0)  # refused while any view of the arena is alive
