@@ -150,13 +150,13 @@ class SendPath:
         self._closing = False
         self._aborted = False
         self._gso: bool | None = None  # probed on the first send_many
-        # Sources seen by sendto(..., source=): their control message and whether it carries an IPv4 source.
-        self._sources: dict[Any, tuple[_Ancillary, bool]] = {}
-        self._dual_stack: bool | None = None  # asked on the first send with a source
         self._on_error = on_error
         self._pause = pause
         self._resume = resume
         self._flushed = flushed
+        # Sources seen by sendto(..., source=): their control message and whether it carries an IPv4 source.
+        self._sources: dict[Any, tuple[_Ancillary, bool]] = {}
+        self._dual_stack: bool | None = None  # asked on the first send with a source
 
     # -- state -------------------------------------------------------------------------------------------
 
