@@ -219,3 +219,8 @@ class LocalAddress:
         index = self.interface
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= C_INT_MAX:
             raise InvalidArgumentError("interface", f"an interface index, an int in 0..{C_INT_MAX}", index)
+
+
+#: The address a datagram is sent from (``sendto(..., source=)``): a :class:`LocalAddress`, or an IP literal of
+#: this host.
+Source: TypeAlias = LocalAddress | str

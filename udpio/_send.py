@@ -27,19 +27,20 @@ import errno
 import itertools
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from . import _sockopts
-from ._addr import Address, LocalAddress, family_name
+from ._addr import Address, family_name
 from ._counters import Counters
 from ._destinations import Destinations
 from ._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
 from ._limits import DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, LOCAL_ADDRESS_CACHE_SIZE, max_payload
 
+if TYPE_CHECKING:
+    from ._addr import Source
+
 #: What ``sendto`` takes as data (``collections.abc.Buffer`` only exists from Python 3.12).
 Buffer: TypeAlias = bytes | bytearray | memoryview
-#: The local address a datagram is sent from: a :class:`~udpio.LocalAddress` or an IP literal of this host.
-Source: TypeAlias = LocalAddress | str
 _Ancillary: TypeAlias = tuple[tuple[int, int, bytes]]
 
 
@@ -345,18 +346,9 @@ class SendPath:
         except TypeError:  # unhashable
             entry = None
         if entry is None:
-            if isinstance(source, LocalAddress):
-                local = source
-            elif isinstance(source, str):
-                try:
-                    local = LocalAddress(source)
-                except InvalidAddressError:
-                    raise InvalidAddressError("source", "an IP address of this host (not a name)", source) from None
-            else:
-                raise InvalidAddressError("source", "a udpio.LocalAddress or an IP address string", source)
             if self._dual_stack is None:
                 self._dual_stack = _sockopts.is_dual_stack(self._sock)
-            cmsg = _sockopts.pktinfo_cmsg(self._family, local, self._dual_stack)
+            cmsg = _sockopts.pktinfo_cmsg(self._family, source, self._dual_stack)
             entry = ((cmsg,), _sockopts.is_mapped_source(cmsg))
             if len(self._sources) >= LOCAL_ADDRESS_CACHE_SIZE:
                 self._sources.clear()

@@ -12,7 +12,7 @@ import socket
 import struct
 import sys
 
-from ._addr import LocalAddress, check_family, family_name, ip_family
+from ._addr import LocalAddress, Source, check_family, family_name, ip_family
 from ._errors import InvalidAddressError, InvalidArgumentError
 from ._limits import C_INT_MAX, LOCAL_ADDRESS_CACHE_SIZE
 
@@ -402,8 +402,9 @@ def local_address(level: int, data: bytes, mapped: bool = False) -> LocalAddress
     return local
 
 
-def pktinfo_cmsg(family: int, source: LocalAddress, dual_stack: bool) -> tuple[int, int, bytes]:
-    """The control message that makes ``sendmsg`` on a socket of ``family`` send from ``source``.
+def pktinfo_cmsg(family: int, source: Source, dual_stack: bool) -> tuple[int, int, bytes]:
+    """The control message that makes ``sendmsg`` on a socket of ``family`` send from ``source`` (a
+    :class:`~udpio.LocalAddress`, or an IP literal string).
 
     IPv4 (ip(7)): ``ipi_spec_dst`` is the source; ``ipi_ifindex`` stays 0. A non-zero index would pin the
     route lookup to that interface, and where no route leaves through it the kernel sends as if the peer
@@ -420,6 +421,13 @@ def pktinfo_cmsg(family: int, source: LocalAddress, dual_stack: bool) -> tuple[i
 
     Raises :class:`~udpio.InvalidAddressError` for a source that is not an address of the socket's family.
     """
+    if isinstance(source, str):
+        try:
+            source = LocalAddress(source)
+        except InvalidAddressError:
+            raise InvalidAddressError("source", "an IP address of this host (not a name)", source) from None
+    elif not isinstance(source, LocalAddress):
+        raise InvalidAddressError("source", "a udpio.LocalAddress or an IP address string", source)
     host = source.host
     if family == socket.AF_INET:
         if ip_family(host) != socket.AF_INET:

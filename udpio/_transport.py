@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from . import _receive, _sockopts
-from ._addr import Address, check_destination_port, format_address
+from ._addr import Address, Source, check_destination_port, format_address
 from ._counters import Counters, proc_net_drops
 from ._destinations import Destinations
 from ._error_routes import ErrorRoutes, HandlerErrorHook
@@ -38,7 +38,7 @@ from ._errors import EndpointBrokenError, EndpointClosedError, InvalidAddressErr
 from ._limits import ReceiveLimits
 from ._options import TransportOptions
 from ._receive._seam import has_local_handler
-from ._send import Buffer, SendPath, Source
+from ._send import Buffer, SendPath
 
 logger = logging.getLogger("udpio")
 
