@@ -22,6 +22,8 @@ from ._limits import C_INT_MAX, MAX_PORT, max_payload
 
 #: ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as the socket module returns them.
 Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+#: What ``getsockname`` says of a socket bound to every address of its family.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 _FAMILIES = {0: "any", socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
@@ -174,6 +176,12 @@ async def resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
         raise HostNotFoundError(host, socket.gaierror(socket.EAI_NONAME, "no address"))
     fam, _, _, _, sockaddr = infos[0]
     return fam, sockaddr  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
+
+
+def is_wildcard(sockname: object) -> bool:
+    """Whether ``sockname`` (a socket's bound address) is the wildcard address of its family: the socket then
+    receives datagrams sent to any address of the host."""
+    return isinstance(sockname, tuple) and bool(sockname) and sockname[0] in WILDCARD_HOSTS
 
 
 def format_address(addr: object) -> str:

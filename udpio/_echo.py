@@ -17,36 +17,21 @@ from collections.abc import Callable
 from types import TracebackType
 
 from . import _sockopts
-from ._addr import Address, LocalAddress, format_address
+from ._addr import Address, LocalAddress, format_address, is_wildcard
 from ._counters import Counters
-from ._errors import EndpointClosedError, InvalidArgumentError
+from ._errors import EndpointClosedError
 from ._factories import listen
 from ._limits import DEFAULT_BUFFER_LIMIT
 from ._loop import wait_within
+from ._options import check_optional_bool
 from ._policy import PolicyArg, SafetyPolicy, make_policy
 from ._transport import DatagramTransport
 
 #: The tutorial's port.
 DEFAULT_ECHO_PORT = 8007
-#: What ``getsockname`` says of a socket bound to every address of its family.
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 #: How long a closing server waits for its buffered replies to go out before dropping (and counting) them:
 #: the kernel takes UDP as fast as the device sends, so only a stuck device ever needs the limit.
 SHUTDOWN_FLUSH_TIMEOUT = 2.0
-
-def reply_from_local_default(sockname: object) -> bool:
-    """Whether a responder bound to ``sockname`` should answer each datagram from the address it was sent to:
-    yes on the wildcard address (the kernel would otherwise pick the source by route, and a request to a
-    service address on ``lo`` would be answered from another one), no on a specific address (the kernel
-    sends from it anyway, and the per-datagram control message would cost for nothing)."""
-    return isinstance(sockname, tuple) and bool(sockname) and sockname[0] in WILDCARD_HOSTS
-
-
-def check_reply_from_local(value: object) -> bool | None:
-    """``value`` if it is ``None``, ``True`` or ``False``; anything else is refused by name."""
-    if value is not None and not isinstance(value, bool):
-        raise InvalidArgumentError("reply_from_local", "None, True or False", value)
-    return value
 
 
 class EchoProtocol(asyncio.DatagramProtocol):
@@ -68,7 +53,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, policy: PolicyArg = "default", *, reply_from_local: bool | None = None) -> None:
         self.policy: SafetyPolicy | None = make_policy(policy)
-        self.reply_from_local = check_reply_from_local(reply_from_local)
+        self.reply_from_local = check_optional_bool(reply_from_local, "reply_from_local")
         self.transport: asyncio.DatagramTransport | None = None
         self.counters = Counters()
         self._send_batch: Callable[[list[tuple[bytes, Address]]], None] | None = None
@@ -88,9 +73,10 @@ class EchoProtocol(asyncio.DatagramProtocol):
             # Dual-stack or not decides what an IPv4-mapped source may be (SafetyPolicy.bind).
             dual_stack = _sockopts.is_dual_stack(transport.get_extra_info("socket"))
             self.policy.bind(sockname, dual_stack=dual_stack)
-        wanted = self.reply_from_local
-        if wanted is None:
-            wanted = reply_from_local_default(sockname)
+        # On the wildcard the kernel would pick each reply's source by route, and a request to a service
+        # address on lo would be answered from another one; on a specific address it sends from that one
+        # anyway, and the per-datagram control message would cost for nothing.
+        wanted = is_wildcard(sockname) if self.reply_from_local is None else self.reply_from_local
         # Opting in: udpio's transport then reads each datagram's local address (it chooses its receive
         # strategy after connection_made) and every reply names it as its source.
         on = wanted and isinstance(transport, DatagramTransport)
@@ -244,7 +230,7 @@ async def start_echo(
     return) would otherwise answer from another address; off on a specific address, which needs nothing.
     """
     chosen = make_policy(policy)
-    from_local = check_reply_from_local(reply_from_local)
+    from_local = check_optional_bool(reply_from_local, "reply_from_local")
     transport, protocol = await listen(
         lambda: EchoProtocol(chosen, reply_from_local=from_local),
         host,

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from . import _sockopts
-from ._addr import Address, LocalAddress, format_address
+from ._addr import Address, LocalAddress, format_address, is_wildcard
 from ._counters import Counters
-from ._echo import check_reply_from_local, reply_from_local_default
 from ._errors import InvalidArgumentError
+from ._options import check_optional_bool
 from ._policy import DropReason, PolicyArg, SafetyPolicy
 from ._transport import DatagramTransport
 
@@ -221,7 +221,7 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         reply_from_local: bool | None = None,
     ) -> None:
         self.logic = NotifyLogic(answer=answer, notify=notify, acknowledge=acknowledge, policy=policy)
-        self.reply_from_local = check_reply_from_local(reply_from_local)
+        self.reply_from_local = check_optional_bool(reply_from_local, "reply_from_local")
         self.transport: asyncio.DatagramTransport | None = None
         self._counters: Counters | None = None
         self.events: collections.deque[NotifyEvent] = collections.deque(maxlen=MAX_EVENTS)
@@ -237,7 +237,7 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         self._counters = counters if isinstance(counters, Counters) else None
         sockname = transport.get_extra_info("sockname")
         self.logic.bind(sockname, dual_stack=_sockopts.is_dual_stack(transport.get_extra_info("socket")))
-        wanted = reply_from_local_default(sockname) if self.reply_from_local is None else self.reply_from_local
+        wanted = is_wildcard(sockname) if self.reply_from_local is None else self.reply_from_local
         on = wanted and isinstance(transport, DatagramTransport)
         self.datagram_received_on = self._received_on if on else None
         if self._notify_to is not None:
