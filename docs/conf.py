@@ -86,8 +86,9 @@ nitpick_ignore = [
     ("py:class", "socket.AddressFamily"),
 ]
 nitpick_ignore_regex = [
-    # Type variables of generic signatures (P: the protocol type, T: a result type) have no page of their own.
-    ("py:class", r"udpio\.(compat\.)?_\w+\.[PT]"),
+    # Type variables of generic signatures (P: the protocol type, T: a result type, _Item: a batch item) have no
+    # page of their own.
+    ("py:class", r"udpio\.(compat\.)?_\w+\.([PT]|_Item)"),
 ]
 
 

@@ -19,7 +19,7 @@ EXPECTED = {
     "DROP_LOOP", "DROP_MAPPED_SOURCE", "DROP_NOT_UNICAST",
     "MAX_PAYLOAD_IPV4", "MAX_PAYLOAD_IPV6",
     # endpoints and their transport
-    "listen", "connect", "adopt", "DatagramTransport", "Counters", "Address", "format_address",
+    "listen", "connect", "adopt", "DatagramTransport", "Counters", "Address", "LocalAddress", "format_address",
     "open_endpoint", "DatagramEndpoint", "ConnectedProtocol", "PeerRefused", "start_periodic_sender",
     # multicast
     "listen_multicast", "open_multicast", "multicast", "MulticastControl", "MulticastEndpoint", "Membership",

@@ -555,7 +555,9 @@ def test_notify_logic_answers_bytes_with_bytes() -> None:
         udpio.NotifyLogic(notify="Notify")  # type: ignore[arg-type]
 
 
+# Members bound to the wildcard answer from each Notify's local address: strategies that read it only.
 @pytest.mark.usefixtures("receive_strategy")
+@pytest.mark.receive_features("pktinfo")
 async def test_notify_acknowledge_end_to_end(mc: Env) -> None:
     group = mc.group()
     member_events: asyncio.Queue[Any] = asyncio.Queue()

@@ -416,8 +416,8 @@ def test_forwarded_options_do_not_drift() -> None:
     transport_options = {"max_size", "gro", "track_kernel_drops", "zero_copy", "buffer_limit"}
     assert transport_options <= set(listen)
     forwarders = {
-        udpio.start_echo: (listen, {"policy"}),
-        udpio.serve_echo: (listen, {"policy"}),
+        udpio.start_echo: (listen, {"policy", "reply_from_local"}),
+        udpio.serve_echo: (listen, {"policy", "reply_from_local"}),
         udpio.open_endpoint: (listen, {"remote", "sock", "queue_size"}),
         udpio.open_multicast: (_keywords(udpio.listen_multicast), {"queue_size"}),
         listen_twisted: (listen, {"max_packet_size"}),

@@ -4,6 +4,7 @@ The public API is exactly what ``__all__`` lists; everything else lives in priva
 """
 
 from ._addr import Address as Address
+from ._addr import LocalAddress as LocalAddress
 from ._addr import format_address as format_address
 from ._awaitable import DatagramEndpoint as DatagramEndpoint
 from ._awaitable import open_endpoint as open_endpoint
@@ -125,6 +126,7 @@ __all__ = [
     "InvalidGroupError",
     "InvalidPortError",
     "InvalidSocketError",
+    "LocalAddress",
     "Membership",
     "MembershipError",
     "MulticastControl",

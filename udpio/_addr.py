@@ -7,14 +7,23 @@ IPv6 is a peer of IPv4 here: addresses are passed through as the kernel gives th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from typing import TypeAlias
 
-from ._errors import DatagramTooLargeError, HostNotFoundError, InvalidAddressError, InvalidPortError
-from ._limits import MAX_PORT, max_payload
+from ._errors import (
+    DatagramTooLargeError,
+    HostNotFoundError,
+    InvalidAddressError,
+    InvalidArgumentError,
+    InvalidPortError,
+)
+from ._limits import C_INT_MAX, MAX_PORT, max_payload
 
 #: ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as the socket module returns them.
 Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+#: What ``getsockname`` says of a socket bound to every address of its family.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 _FAMILIES = {0: "any", socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
@@ -169,6 +178,12 @@ async def resolve(host: str, port: int, family: int = 0) -> tuple[int, Address]:
     return fam, sockaddr  # type: ignore[return-value]  # getaddrinfo types sockaddr loosely
 
 
+def is_wildcard(sockname: object) -> bool:
+    """Whether ``sockname`` (a socket's bound address) is the wildcard address of its family: the socket then
+    receives datagrams sent to any address of the host."""
+    return isinstance(sockname, tuple) and bool(sockname) and sockname[0] in WILDCARD_HOSTS
+
+
 def format_address(addr: object) -> str:
     """``127.0.0.1:8007`` / ``[::1]:8007`` (scope kept as ``%N``) for messages and the CLI."""
     if isinstance(addr, tuple) and len(addr) >= 2:
@@ -179,3 +194,41 @@ def format_address(addr: object) -> str:
             return f"[{host}]:{port}"
         return f"{host}:{port}"
     return repr(addr)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """Where a datagram arrived: the address of this host it was sent to, and the interface it came in on.
+
+    A protocol that defines ``datagram_received_on(data, addr, local)`` (or ``datagrams_received_on`` for lists
+    of ``(data, addr, local)``) gets one with each datagram; ``transport.sendto(data, addr, source=local)``
+    answers from that address. It matters on a socket bound to the wildcard address (``0.0.0.0``, ``::``) of a
+    host with several addresses: a service address on ``lo`` (anycast, direct server return), or several
+    links. Protocols without those methods pay nothing for it.
+
+    * ``host``: the address as ``inet_ntop`` writes it (``::ffff:a.b.c.d`` for an IPv4 peer of a dual-stack
+      socket, as the socket names its peers). For a datagram sent to a broadcast address or an IPv4 group it
+      is the address of this host the kernel would answer from (``ipi_spec_dst``, ip(7)); for one sent to an
+      IPv6 group, or when the kernel did not say, the wildcard (``0.0.0.0`` / ``::``), which as a source leaves
+      the choice to the kernel.
+    * ``interface``: the index of the interface the datagram came in on (``socket.if_indextoname`` names it;
+      0 when unknown). As a source, used only with an IPv6 link-local host, whose scope it is.
+
+    ``LocalAddress("10.0.0.100")`` is a source of your own choosing (any address of this host).
+    """
+
+    host: str
+    interface: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or "%" in self.host:
+            raise InvalidAddressError("host", "an IP address string (the interface goes in interface=)", self.host)
+        ip_family(self.host)
+        index = self.interface
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= C_INT_MAX:
+            raise InvalidArgumentError("interface", f"an interface index, an int in 0..{C_INT_MAX}", index)
+
+
+#: The address a datagram is sent from (``sendto(..., source=)``): a :class:`LocalAddress`, or an IP literal of
+#: this host.
+Source: TypeAlias = LocalAddress | str

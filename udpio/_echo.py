@@ -3,6 +3,10 @@
 A reply is the request itself, so it is never larger than what caused it (no amplification). Every datagram
 first passes a :class:`~udpio.SafetyPolicy` (reflection guard, rate limits, allow/deny lists); what it refuses
 is counted under its reason in ``counters.policy_drops`` and never answered. ``policy=None`` turns that off.
+
+A server bound to the wildcard address answers each datagram from the address it was sent to
+(:class:`~udpio.LocalAddress`), so it works behind anycast and direct server return, where the service
+address sits on ``lo`` of every host.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from collections.abc import Callable
 from types import TracebackType
 
 from . import _sockopts
-from ._addr import Address, format_address
+from ._addr import Address, LocalAddress, format_address, is_wildcard
 from ._counters import Counters
 from ._errors import EndpointClosedError
 from ._factories import listen
 from ._limits import DEFAULT_BUFFER_LIMIT
 from ._loop import wait_within
+from ._options import check_optional_bool
 from ._policy import PolicyArg, SafetyPolicy, make_policy
 from ._transport import DatagramTransport
 
@@ -28,6 +33,7 @@ DEFAULT_ECHO_PORT = 8007
 #: the kernel takes UDP as fast as the device sends, so only a stuck device ever needs the limit.
 SHUTDOWN_FLUSH_TIMEOUT = 2.0
 
+
 class EchoProtocol(asyncio.DatagramProtocol):
     """Sends every datagram the policy admits back to its sender, unchanged (zero-length ones too).
 
@@ -35,10 +41,19 @@ class EchoProtocol(asyncio.DatagramProtocol):
     are counted in the transport's counters (``policy_drops`` by reason) or, on a transport without
     udpio's counters, in ``counters``. Works on any asyncio datagram transport; on udpio's it takes
     whole batches per readiness event.
+
+    ``reply_from_local``: answer each datagram from the address it was sent to (``None``, the default: when
+    the socket is bound to the wildcard address; on udpio's transport only). It takes effect in
+    ``connection_made``, which then binds :attr:`datagrams_received_on` (``None`` otherwise).
     """
 
-    def __init__(self, policy: PolicyArg = "default") -> None:
+    #: Bound by ``connection_made`` when replies leave from each datagram's local address: udpio's transport
+    #: then delivers ``(data, addr, local)`` batches here instead of ``datagrams_received``.
+    datagrams_received_on: Callable[[list[tuple[bytes, Address, LocalAddress]]], None] | None = None
+
+    def __init__(self, policy: PolicyArg = "default", *, reply_from_local: bool | None = None) -> None:
         self.policy: SafetyPolicy | None = make_policy(policy)
+        self.reply_from_local = check_optional_bool(reply_from_local, "reply_from_local")
         self.transport: asyncio.DatagramTransport | None = None
         self.counters = Counters()
         self._send_batch: Callable[[list[tuple[bytes, Address]]], None] | None = None
@@ -53,10 +68,28 @@ class EchoProtocol(asyncio.DatagramProtocol):
             self.counters = counters
         # udpio's transport sends a list of replies with the per-datagram checks hoisted out of the loop.
         self._send_batch = getattr(transport, "send_batch", None)
+        sockname = transport.get_extra_info("sockname")
         if self.policy is not None:
             # Dual-stack or not decides what an IPv4-mapped source may be (SafetyPolicy.bind).
             dual_stack = _sockopts.is_dual_stack(transport.get_extra_info("socket"))
-            self.policy.bind(transport.get_extra_info("sockname"), dual_stack=dual_stack)
+            self.policy.bind(sockname, dual_stack=dual_stack)
+        # On the wildcard the kernel would pick each reply's source by route, and a request to a service
+        # address on lo would be answered from another one; on a specific address it sends from that one
+        # anyway, and the per-datagram control message would cost for nothing.
+        wanted = is_wildcard(sockname) if self.reply_from_local is None else self.reply_from_local
+        # Opting in: udpio's transport then reads each datagram's local address (it chooses its receive
+        # strategy after connection_made) and every reply names it as its source.
+        on = wanted and isinstance(transport, DatagramTransport)
+        self.datagrams_received_on = self._echo_from_local if on else None
+
+    def _echo_from_local(self, batch: list[tuple[bytes, Address, LocalAddress]]) -> None:
+        """Echo a batch, each reply from the address its request was sent to."""
+        if self.policy is not None:
+            batch = self.policy.filter(batch, time.monotonic(), self.counters.count_policy_drop)
+        try:
+            self.transport.send_batch(batch)  # type: ignore[union-attr]  # udpio's: checked in connection_made
+        except EndpointClosedError:
+            self.counters.dropped_on_close += len(batch)
 
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
         """Echo a batch (udpio's transport calls this instead of one call per datagram).
@@ -180,6 +213,7 @@ async def start_echo(
     track_kernel_drops: bool = False,
     zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    reply_from_local: bool | None = None,
 ) -> EchoServer:
     """Start an echo server and return it once it is bound (``server.address`` has the real port).
 
@@ -189,10 +223,16 @@ async def start_echo(
     per-source state), ``None`` answers everything. The other options are :func:`udpio.listen`'s
     (``max_size`` drops and counts larger datagrams). The echo protocol replies inside its handler, so
     ``zero_copy`` is safe here.
+
+    ``reply_from_local``: each reply leaves from the address its request was sent to (``IP_PKTINFO`` /
+    ``IPV6_PKTINFO``, see :class:`~udpio.LocalAddress`). ``None`` (default): on when ``host`` is the wildcard
+    address (``0.0.0.0``, ``::``), where a host with a service address on ``lo`` (anycast, direct server
+    return) would otherwise answer from another address; off on a specific address, which needs nothing.
     """
     chosen = make_policy(policy)
+    from_local = check_optional_bool(reply_from_local, "reply_from_local")
     transport, protocol = await listen(
-        lambda: EchoProtocol(chosen),
+        lambda: EchoProtocol(chosen, reply_from_local=from_local),
         host,
         port,
         family=family,
@@ -226,6 +266,7 @@ async def serve_echo(
     track_kernel_drops: bool = False,
     zero_copy: bool = False,
     buffer_limit: int = DEFAULT_BUFFER_LIMIT,
+    reply_from_local: bool | None = None,
 ) -> None:
     """Run an echo server until cancelled, then shut it down: ``udpio.run(udpio.serve_echo())``.
 
@@ -234,7 +275,7 @@ async def serve_echo(
     server = await start_echo(
         host, port, family=family, reuse_port=reuse_port, max_size=max_size, policy=policy, reuse_addr=reuse_addr,
         broadcast=broadcast, rcvbuf=rcvbuf, sndbuf=sndbuf, gro=gro, track_kernel_drops=track_kernel_drops,
-        zero_copy=zero_copy, buffer_limit=buffer_limit,
+        zero_copy=zero_copy, buffer_limit=buffer_limit, reply_from_local=reply_from_local,
     )
     async with server:
         await server.serve_forever()

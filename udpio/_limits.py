@@ -49,6 +49,10 @@ DEFAULT_BUFFER_LIMIT = 1024 * 1024
 #: Validated destination addresses a transport remembers so the hot path does not re-parse them (bounded:
 #: cleared when full, so spoofed-looking destinations cannot grow it).
 ADDRESS_CACHE_SIZE = 1024
+#: Local addresses (``IP_PKTINFO`` / ``IPV6_PKTINFO`` control messages) remembered already parsed, per family,
+#: and their ``sendmsg`` control messages per transport: one per address and interface a server answers on
+#: (its service addresses), so a few dozen in practice; cleared when full.
+LOCAL_ADDRESS_CACHE_SIZE = 128
 
 
 def max_payload(family: int) -> int:

@@ -24,10 +24,12 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from . import _sockopts
-from ._addr import Address, format_address
+from ._addr import Address, LocalAddress, format_address, is_wildcard
 from ._counters import Counters
 from ._errors import InvalidArgumentError
+from ._options import check_optional_bool
 from ._policy import DropReason, PolicyArg, SafetyPolicy
+from ._transport import DatagramTransport
 
 logger = logging.getLogger("udpio")
 
@@ -196,7 +198,15 @@ class NotifyProtocol(asyncio.DatagramProtocol):
 
     On a shared port the Notify this endpoint sends comes back to it too, and it answers it, as the
     tutorial's member did; bind the sender to its own port to avoid that.
+
+    ``reply_from_local``: send each Acknowledge from the address its Notify was sent to (for a Notify sent
+    to a group: the member's address the kernel answers that sender from); ``None`` (default): when bound to
+    the wildcard address, as members are, on udpio's transport. See :class:`~udpio.LocalAddress`.
     """
+
+    #: Bound by ``connection_made`` when Acknowledges leave from each Notify's local address (udpio's
+    #: transport then calls it instead of ``datagram_received``).
+    datagram_received_on: Callable[[bytes, Address, LocalAddress], None] | None = None
 
     def __init__(
         self,
@@ -208,8 +218,10 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         notify: bytes = NOTIFY,
         acknowledge: bytes = ACKNOWLEDGE,
         policy: PolicyArg = "default",
+        reply_from_local: bool | None = None,
     ) -> None:
         self.logic = NotifyLogic(answer=answer, notify=notify, acknowledge=acknowledge, policy=policy)
+        self.reply_from_local = check_optional_bool(reply_from_local, "reply_from_local")
         self.transport: asyncio.DatagramTransport | None = None
         self._counters: Counters | None = None
         self.events: collections.deque[NotifyEvent] = collections.deque(maxlen=MAX_EVENTS)
@@ -223,10 +235,11 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]  # a datagram endpoint gives a DatagramTransport
         counters = transport.get_extra_info("counters")
         self._counters = counters if isinstance(counters, Counters) else None
-        self.logic.bind(
-            transport.get_extra_info("sockname"),
-            dual_stack=_sockopts.is_dual_stack(transport.get_extra_info("socket")),
-        )
+        sockname = transport.get_extra_info("sockname")
+        self.logic.bind(sockname, dual_stack=_sockopts.is_dual_stack(transport.get_extra_info("socket")))
+        wanted = is_wildcard(sockname) if self.reply_from_local is None else self.reply_from_local
+        on = wanted and isinstance(transport, DatagramTransport)
+        self.datagram_received_on = self._received_on if on else None
         if self._notify_to is not None:
             self.notify(self._notify_to)
 
@@ -238,11 +251,18 @@ class NotifyProtocol(asyncio.DatagramProtocol):
         """Feed, send, report."""
         self._apply(self.logic.feed(data, addr, self._clock()))
 
-    def _apply(self, step: NotifyStep) -> None:
+    def _received_on(self, data: bytes, addr: Address, local: LocalAddress) -> None:
+        """Feed, send from the address the datagram came to, report."""
+        self._apply(self.logic.feed(data, addr, self._clock()), local)
+
+    def _apply(self, step: NotifyStep, source: LocalAddress | None = None) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             for payload, addr in step.sends:
-                transport.sendto(payload, addr)
+                if source is None:
+                    transport.sendto(payload, addr)
+                else:
+                    transport.sendto(payload, addr, source=source)  # type: ignore[call-arg]  # udpio's transport
         for event in step.events:
             if isinstance(event, NotifyRefused) and self._counters is not None:
                 self._counters.count_policy_drop(event.reason)

@@ -22,6 +22,13 @@ def check_bool(value: object, what: str) -> bool:
     return value
 
 
+def check_optional_bool(value: object, what: str) -> bool | None:
+    """``value`` if it is ``None``, ``True`` or ``False`` (``None``: decided later, by udpio); else refused."""
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgumentError(what, "None, True or False", value)
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class TransportOptions:
     """How a transport reads and buffers; see :func:`udpio.listen` for what each option does.

@@ -32,7 +32,7 @@ import ipaddress
 import math
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 from ._addr import check_port
 from ._errors import InvalidAddressError, InvalidArgumentError
@@ -421,6 +421,10 @@ class _Bucket:
         self.stamp = stamp
 
 
+#: A batch item :meth:`SafetyPolicy.filter` reads: ``(data, addr)``, possibly followed by more fields.
+_Item = TypeVar("_Item", bound=tuple[Any, ...])
+
+
 class SafetyPolicy:
     """Decides, per datagram, whether a server may answer it; every responder udpio ships uses one by default
     (the echo server, its workers, the Notify/Acknowledge member).
@@ -641,14 +645,13 @@ class SafetyPolicy:
             self._reply_stamps[slot] = now
         return None
 
-    def filter(
-        self, batch: list[tuple[Any, Any]], now: float, drop: Callable[[DropReason], None]
-    ) -> list[tuple[Any, Any]]:
+    def filter(self, batch: list[_Item], now: float, drop: Callable[[DropReason], None]) -> list[_Item]:
         """The ``(data, addr)`` pairs of ``batch`` that :meth:`admit` lets through at ``now``, in order;
         ``drop(reason)`` is called for each of the others. The batch form of :meth:`admit` for servers that
         answer each datagram with itself (echo) and take datagrams in batches: the same decisions, with the
-        per-datagram method call saved."""
-        admitted: list[tuple[Any, Any]] = []
+        per-datagram method call saved. Items may carry more than the pair (``(data, addr, local)`` from
+        ``datagrams_received_on``): they are kept whole."""
+        admitted: list[_Item] = []
         append = admitted.append
         port_reason = self._port_reasons.get
         verdict_of = self._verdicts.get
@@ -656,7 +659,9 @@ class SafetyPolicy:
         keys, stamps = self._reply_keys, self._reply_stamps
         for item in batch:
             try:
-                data, addr = item
+                # Indexed, not unpacked: a datagrams_received_on batch has (data, addr, local) triples.
+                data = item[0]
+                addr = item[1]
                 port = addr[1]
                 reason = port_reason(port)
                 if reason is None:
@@ -696,7 +701,7 @@ class SafetyPolicy:
                             continue
                     else:
                         reason = verdict
-            except (TypeError, IndexError, KeyError, ValueError):  # ValueError: not a pair
+            except (TypeError, IndexError, KeyError, ValueError):  # ValueError: a bad zero-copy view
                 reason = DropReason.BAD_ADDRESS
             drop(reason)
         return admitted

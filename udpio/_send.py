@@ -7,6 +7,10 @@ destination validation (with a bounded cache), GSO runs (:meth:`SendPath.send_ma
 function, :func:`send_pairs` (SEAMS.md): this module's is a loop over ``sendto``; a compiled one uses
 ``sendmmsg(2)``.
 
+A datagram sent with a ``source`` (the local address to send from, :class:`~udpio.LocalAddress`) goes out
+through ``sendmsg`` with an ``IP_PKTINFO`` / ``IPV6_PKTINFO`` control message (built once per source, see
+``_sockopts.pktinfo_cmsg``), never through the batch backend: ``sendmmsg`` batches carry no control messages.
+
 Invariants a reader can rely on:
 
 * a writer is registered with the loop exactly while the queue is not empty and the path is not aborted;
@@ -23,17 +27,36 @@ import errno
 import itertools
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from . import _sockopts
 from ._addr import Address, family_name
 from ._counters import Counters
 from ._destinations import Destinations
 from ._errors import DatagramTooLargeError, EndpointClosedError, InvalidAddressError, InvalidArgumentError
-from ._limits import DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, max_payload
+from ._limits import DEFAULT_HIGH_WATER, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, LOCAL_ADDRESS_CACHE_SIZE, max_payload
+
+if TYPE_CHECKING:
+    from ._addr import Source
 
 #: What ``sendto`` takes as data (``collections.abc.Buffer`` only exists from Python 3.12).
 Buffer: TypeAlias = bytes | bytearray | memoryview
+_Ancillary: TypeAlias = tuple[tuple[int, int, bytes]]
+
+
+class _Sourced(NamedTuple):
+    """A queued datagram's destination when it was sent with a ``source``: where to, and the control message
+    that selects the source."""
+
+    address: Address | None
+    ancillary: _Ancillary
+
+
+def _sendmsg_from(sock: socket.socket, data: Buffer, dest: Address | None, ancillary: _Ancillary) -> None:
+    if dest is None:
+        sock.sendmsg([data], ancillary)
+    else:
+        sock.sendmsg([data], ancillary, 0, dest)
 
 
 def send_pairs(
@@ -119,7 +142,7 @@ class SendPath:
         self._destinations = destinations
         self._ok = destinations.cache  # the same set: the hot path's lookup is inlined below
         self._max_payload = max_payload(sock.family)
-        self._buffer: collections.deque[tuple[bytes, Address | None]] = collections.deque()
+        self._buffer: collections.deque[tuple[bytes, Address | _Sourced | None]] = collections.deque()
         self._buffer_size = 0
         self._buffer_limit = buffer_limit
         self._high_water = DEFAULT_HIGH_WATER
@@ -132,6 +155,9 @@ class SendPath:
         self._pause = pause
         self._resume = resume
         self._flushed = flushed
+        # Sources seen by sendto(..., source=): their control message and whether it carries an IPv4 source.
+        self._sources: dict[Any, tuple[_Ancillary, bool]] = {}
+        self._dual_stack: bool | None = None  # asked on the first send with a source
 
     # -- state -------------------------------------------------------------------------------------------
 
@@ -177,9 +203,12 @@ class SendPath:
 
     # -- one datagram --------------------------------------------------------------------------------
 
-    def sendto(self, data: Buffer, addr: Any = None) -> None:
+    def sendto(self, data: Buffer, addr: Any = None, *, source: Source | None = None) -> None:
         """One datagram: sent now when the kernel has room and nothing is queued, else queued (see the
         transport's ``sendto`` for the contract)."""
+        if source is not None:
+            self._sendto_from(data, addr, source)
+            return
         if self._closing:
             raise EndpointClosedError("UDP endpoint")
         size = len(data) if type(data) is bytes else _nbytes(data)
@@ -242,7 +271,7 @@ class SendPath:
             self._counters.datagrams_out += 1
             self._counters.bytes_out += size
 
-    def _queue(self, data: bytes, dest: Address | None, size: int) -> None:
+    def _queue(self, data: bytes, dest: Address | _Sourced | None, size: int) -> None:
         """Queue one datagram behind the others (the writer is registered with the first). Once the path is
         closing (a callback closed it during the call under way) the datagram is counted, never queued."""
         if self._closing:
@@ -266,6 +295,8 @@ class SendPath:
             try:
                 if dest is None:
                     sock.send(data)
+                elif type(dest) is _Sourced:
+                    _sendmsg_from(sock, data, dest.address, dest.ancillary)
                 else:
                     sock.sendto(data, dest)
             except (BlockingIOError, InterruptedError):
@@ -306,17 +337,96 @@ class SendPath:
             else:
                 self.sendto(data, addr)
 
+    # -- from a chosen source address ------------------------------------------------------------------
+
+    def _ancillary(self, source: Any, dest: Address | None) -> _Ancillary:
+        """The control message that sends from ``source`` to ``dest`` (checked and built once per source)."""
+        try:
+            entry = self._sources.get(source)
+        except TypeError:  # unhashable
+            entry = None
+        if entry is None:
+            if self._dual_stack is None:
+                self._dual_stack = _sockopts.is_dual_stack(self._sock)
+            cmsg = _sockopts.pktinfo_cmsg(self._family, source, self._dual_stack)
+            entry = ((cmsg,), _sockopts.is_mapped_source(cmsg))
+            if len(self._sources) >= LOCAL_ADDRESS_CACHE_SIZE:
+                self._sources.clear()
+            self._sources[source] = entry
+        ancillary, ipv4 = entry
+        if self._dual_stack and dest is not None and ipv4 != _sockopts.is_mapped_host(dest[0]):
+            # The kernel refuses the mix (EINVAL): an IPv4 peer is answered from an IPv4 address and back.
+            raise InvalidAddressError(
+                "source", f"an {'IPv6' if ipv4 else 'IPv4-mapped'} address for the peer {dest[0]}", source
+            )
+        return ancillary
+
+    def _sendto_from(self, data: Buffer, addr: Any, source: Any) -> None:
+        """:meth:`sendto` from ``source`` (``sendmsg`` with the control message; queued with it)."""
+        if self._closing:
+            raise EndpointClosedError("UDP endpoint")
+        size = _nbytes(data)
+        if size > self._max_payload:
+            raise DatagramTooLargeError(size, self._max_payload, family_name(self._family))
+        dest = self._destinations.check(addr)
+        ancillary = self._ancillary(source, dest)
+        self._send_from(data, dest, ancillary, size)
+
+    def _send_from(self, data: Buffer, dest: Address | None, ancillary: _Ancillary, size: int) -> None:
+        if self._buffer or self._closing:  # behind the queue, in order; or counted once closing
+            self._queue(bytes(data), _Sourced(dest, ancillary), size)
+            return
+        try:
+            _sendmsg_from(self._sock, data, dest, ancillary)
+        except (BlockingIOError, InterruptedError):
+            self._queue(bytes(data), _Sourced(dest, ancillary), size)
+        except OSError as exc:
+            self._counters.send_errors += 1
+            self._on_error(exc)
+        else:
+            self._counters.datagrams_out += 1
+            self._counters.bytes_out += size
+
+    def _send_batch_from(self, batch: list[Any]) -> None:
+        """:meth:`send_batch` of ``(data, addr, source)`` triples: all checked first, then each sent as
+        :meth:`sendto` with its source would (``source`` ``None``: as plain :meth:`sendto`)."""
+        checked: list[tuple[Buffer, Address | None, _Ancillary | None, int]] = []
+        top = self._max_payload
+        for item in batch:
+            try:
+                data, addr, source = item
+            except (TypeError, ValueError):
+                raise InvalidArgumentError("batch item", "a (data, addr, source) triple, as the first", item) from None
+            size = _nbytes(data)
+            if size > top:
+                raise DatagramTooLargeError(size, top, family_name(self._family))
+            dest = self._destinations.check(addr)
+            checked.append((data, dest, None if source is None else self._ancillary(source, dest), size))
+        for data, dest, ancillary, size in checked:
+            if ancillary is None:
+                if self._closing:
+                    self._counters.dropped_on_close += 1
+                else:
+                    self.sendto(data, dest)
+            else:
+                self._send_from(data, dest, ancillary, size)
+
     # -- many datagrams ------------------------------------------------------------------------------
 
-    def send_batch(self, batch: Iterable[tuple[Buffer, Any]]) -> None:
-        """``(data, addr)`` pairs in order, as :meth:`sendto` each, through :func:`send_pairs`.
+    def send_batch(self, batch: Iterable[tuple[Buffer, Any]] | Iterable[tuple[Buffer, Any, Source | None]]) -> None:
+        """``(data, addr)`` pairs in order, as :meth:`sendto` each, through :func:`send_pairs`; or
+        ``(data, addr, source)`` triples (all of them, when the first is one), as ``sendto(data, addr,
+        source=source)`` each.
 
         Every pair is checked (destination, size) before the first is sent, so a bad one raises with
         nothing of the batch sent.
         """
         if self._closing:
             raise EndpointClosedError("UDP endpoint")
-        pairs = batch if type(batch) is list else list(batch)
+        pairs: list[Any] = batch if type(batch) is list else list(batch)
+        if pairs and len(pairs[0]) == 3:
+            self._send_batch_from(pairs)
+            return
         if self._buffer or self._destinations.peer is not None:
             # Behind a queue each one queues in order; a connected socket takes no address: one by one.
             self._each(pairs)

@@ -12,9 +12,9 @@ import socket
 import struct
 import sys
 
-from ._addr import check_family, family_name
-from ._errors import InvalidArgumentError
-from ._limits import C_INT_MAX
+from ._addr import LocalAddress, Source, check_family, family_name, ip_family
+from ._errors import InvalidAddressError, InvalidArgumentError
+from ._limits import C_INT_MAX, LOCAL_ADDRESS_CACHE_SIZE
 
 IS_LINUX = sys.platform.startswith("linux")
 
@@ -33,6 +33,15 @@ UDP_SEGMENT: int | None = getattr(socket, "UDP_SEGMENT", 103 if IS_LINUX else No
 #: ignored (``get_extra_info("gro")`` is ``False``) and every datagram is received on its own.
 UDP_GRO: int | None = getattr(socket, "UDP_GRO", 104 if IS_LINUX else None)
 SOL_UDP: int = getattr(socket, "SOL_UDP", 17)
+
+#: ``IP_PKTINFO`` (ip(7); include/uapi/linux/in.h; the :mod:`socket` module has it from Python 3.12): as a
+#: socket option, deliver each IPv4 datagram's ``struct in_pktinfo`` as a control message; as a control
+#: message of ``sendmsg``, choose the datagram's source address.
+IP_PKTINFO: int = getattr(socket, "IP_PKTINFO", 8)
+#: ``IPV6_RECVPKTINFO`` (ipv6(7), RFC 3542 6.1; include/uapi/linux/in6.h): deliver each IPv6 datagram's
+#: ``struct in6_pktinfo`` as an ``IPV6_PKTINFO`` control message (the option and the message have two numbers).
+IPV6_RECVPKTINFO: int = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO: int = getattr(socket, "IPV6_PKTINFO", 50)
 
 #: The socket error queue (ip(7)/ipv6(7) IP_RECVERR, IPV6_RECVERR; Linux). With IP_RECVERR on, the kernel
 #: queues each ICMP error there, and a socket whose queue is not empty reports POLLERR until it is read:
@@ -293,6 +302,170 @@ def gso_cmsg(segment_size: int) -> tuple[int, int, bytes]:
     """
     assert UDP_SEGMENT is not None  # internal invariant (gso_supported), not caller input
     return (SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment_size))
+
+
+# -- the local address of each datagram (IP_PKTINFO / IPV6_RECVPKTINFO) ----------------------------------
+#
+# A socket bound to the wildcard address (0.0.0.0, ::) receives datagrams sent to any address of the host, and
+# without more the kernel picks the source of each reply by route: a request sent to a service address on
+# ``lo`` (anycast, direct server return) is answered from the host's own address, and the client's connected
+# socket drops that reply. With these options on, each datagram carries its destination as a control message,
+# and a reply sent with that address in the same control message leaves from it.
+
+#: ``struct in_pktinfo`` (ip(7)): ``int ipi_ifindex; struct in_addr ipi_spec_dst; struct in_addr ipi_addr``,
+#: native byte order for the index, network order for the addresses.
+_IN_PKTINFO = struct.Struct("=i4s4s")
+#: ``struct in6_pktinfo`` (ipv6(7), RFC 3542 6.1): ``struct in6_addr ipi6_addr; int ipi6_ifindex``.
+_IN6_PKTINFO = struct.Struct("=16si")
+#: Room for both control messages: an IPv4 peer of a dual-stack socket brings both (see :func:`set_pktinfo`).
+PKTINFO_SPACE = socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, RFC 4291 2.5.5.2
+_ANY4 = bytes(4)
+_ANY6 = bytes(16)
+#: A datagram whose destination is known only as "one of this host's addresses": the wildcard of the family.
+#: Sent as a source it leaves the choice to the kernel (``ipi_spec_dst`` 0, ip(7); unspecified ``ipi6_addr``,
+#: RFC 3542 6.1), which is what a reply without a source does.
+UNKNOWN_LOCAL: dict[int, LocalAddress] = {
+    socket.AF_INET: LocalAddress("0.0.0.0"),
+    socket.AF_INET6: LocalAddress("::"),
+}
+
+# Parsed control messages, by their bytes: a server sees few distinct (address, interface) pairs, so after the
+# first datagram to an address each one costs a dict lookup instead of unpacking, formatting and a dataclass.
+# Bounded (cleared when full): the bytes come from the kernel, but a host may have many addresses.
+_LOCAL4: dict[bytes, LocalAddress] = {}
+_LOCAL4_MAPPED: dict[bytes, LocalAddress] = {}
+_LOCAL6: dict[bytes, LocalAddress] = {}
+
+
+def set_pktinfo(sock: socket.socket, on: bool) -> None:
+    """Turn the per-datagram destination (``IP_PKTINFO`` / ``IPV6_RECVPKTINFO``) on or off; read it from
+    ``recvmsg`` with :func:`local_address`.
+
+    On a dual-stack IPv6 socket both are set. Since Linux 3.18 ("ipv6: fix IPV6_PKTINFO with v4 mapped")
+    ``IPV6_RECVPKTINFO`` alone also reports IPv4 peers, with a mapped destination (``ip6_datagram_recv_common_ctl``
+    in net/ipv6/datagram.c); before it, only ``IP_PKTINFO`` did. And only ``IP_PKTINFO`` carries ``ipi_spec_dst``,
+    the kernel's own answer for a datagram sent to a broadcast address (see :func:`local_address`). With both
+    on, an IPv4 datagram brings both messages, and the IPv4 one is used.
+    """
+    value = int(bool(on))
+    if sock.family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, value)
+        return
+    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, value)
+    if not get_v6only(sock):
+        # IPv4 options are accepted on an AF_INET6 socket (net/ipv6/ipv6_sockglue.c hands SOL_IP to the IPv4 code).
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, value)
+
+
+def get_pktinfo(sock: socket.socket) -> bool:
+    """Whether the socket reports each datagram's destination (the option of its own family)."""
+    if sock.family == socket.AF_INET:
+        return bool(sock.getsockopt(socket.IPPROTO_IP, IP_PKTINFO))
+    return bool(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO))
+
+
+def local_address(level: int, data: bytes, mapped: bool = False) -> LocalAddress | None:
+    """The :class:`~udpio.LocalAddress` an ``IP_PKTINFO`` (``level`` ``IPPROTO_IP``) or ``IPV6_PKTINFO``
+    control message carries; ``mapped``: the socket is IPv6, so an IPv4 address is written ``::ffff:a.b.c.d``
+    as the socket names its IPv4 peers. ``None`` for a message too short to be one.
+
+    IPv4: the host is ``ipi_spec_dst``, "the local address of the packet" (ip(7)): the destination itself when
+    it is an address of this host; for a datagram sent to a broadcast address or a group, the address of this
+    host the kernel would answer from (``fib_compute_spec_dst``, net/ipv4/fib_frontend.c), never the broadcast
+    or group address, which cannot be a source. The kernel fills ``ipi_spec_dst`` and ``ipi_ifindex`` when the
+    datagram is queued, and only if the option was on by then (``ipv4_pktinfo_prepare``,
+    net/ipv4/ip_sockglue.c): for a datagram queued before the option was set both are 0, and the header's
+    destination (``ipi_addr``) stands in when it is unicast.
+
+    IPv6: the header's destination (``ipi6_addr``); a group address, which cannot be a source, is reported as
+    ``::`` (any: the kernel selects the source, RFC 6724, on the interface given).
+    """
+    if level == socket.IPPROTO_IP:
+        cache = _LOCAL4_MAPPED if mapped else _LOCAL4
+        found = cache.get(data)
+        if found is not None:
+            return found
+        if len(data) < _IN_PKTINFO.size:
+            return None
+        index, spec_dst, header_dst = _IN_PKTINFO.unpack_from(data)
+        packed = spec_dst
+        if packed == _ANY4 and 0 < header_dst[0] < 224:  # not 0/8, a group (224/4) or a broadcast (255.x)
+            packed = header_dst  # queued before the option was set: the header's unicast destination
+        if mapped:
+            host = socket.inet_ntop(socket.AF_INET6, _MAPPED_PREFIX + packed)
+        else:
+            host = socket.inet_ntop(socket.AF_INET, packed)
+    else:
+        cache = _LOCAL6
+        found = cache.get(data)
+        if found is not None:
+            return found
+        if len(data) < _IN6_PKTINFO.size:
+            return None
+        packed, index = _IN6_PKTINFO.unpack_from(data)
+        host = "::" if packed[0] == 0xFF else socket.inet_ntop(socket.AF_INET6, packed)
+    local = LocalAddress(host, max(index, 0))
+    if len(cache) >= LOCAL_ADDRESS_CACHE_SIZE:
+        cache.clear()
+    cache[bytes(data)] = local
+    return local
+
+
+def pktinfo_cmsg(family: int, source: Source, dual_stack: bool) -> tuple[int, int, bytes]:
+    """The control message that makes ``sendmsg`` on a socket of ``family`` send from ``source`` (a
+    :class:`~udpio.LocalAddress`, or an IP literal string).
+
+    IPv4 (ip(7)): ``ipi_spec_dst`` is the source; ``ipi_ifindex`` stays 0. A non-zero index would pin the
+    route lookup to that interface, and where no route leaves through it the kernel sends as if the peer
+    were on its link (``ip_route_output_key_hash_rcu``, net/ipv4/route.c: "Apparently, routing tables are
+    wrong. Assume, that the destination is on link."), so a reply to a client behind a router would be lost on
+    a host whose routes are asymmetric; Unbound and Knot DNS clear it for the same reason. With routes that
+    are symmetric the reply still leaves on the interface the request came in on: the route chooses it.
+
+    IPv6 (ipv6(7), RFC 3542 6.1): ``ipi6_addr`` is the source; ``ipi6_ifindex`` is set only for a link-local
+    source, whose address means nothing without its interface (RFC 4007), else 0 as for IPv4. On a dual-stack
+    socket an IPv4 source is written ``::ffff:a.b.c.d`` and sent as ``IPV6_PKTINFO``: the kernel hands the
+    datagram to the IPv4 code, which takes a mapped ``ipi6_addr`` as the IPv4 source (``ip_cmsg_send``,
+    net/ipv4/ip_sockglue.c).
+
+    Raises :class:`~udpio.InvalidAddressError` for a source that is not an address of the socket's family.
+    """
+    if isinstance(source, str):
+        try:
+            source = LocalAddress(source)
+        except InvalidAddressError:
+            raise InvalidAddressError("source", "an IP address of this host (not a name)", source) from None
+    elif not isinstance(source, LocalAddress):
+        raise InvalidAddressError("source", "a udpio.LocalAddress or an IP address string", source)
+    host = source.host
+    if family == socket.AF_INET:
+        if ip_family(host) != socket.AF_INET:
+            raise InvalidAddressError("source", "an IPv4 address (this socket is IPv4)", host)
+        return (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, socket.inet_aton(host), _ANY4))
+    if ip_family(host) == socket.AF_INET6:
+        packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    elif dual_stack:
+        packed = _MAPPED_PREFIX + socket.inet_aton(host)
+    else:
+        raise InvalidAddressError("source", "an IPv6 address (this socket is IPv6-only)", host)
+    if packed.startswith(_MAPPED_PREFIX) and not dual_stack:
+        raise InvalidAddressError("source", "an IPv6 address (this socket is IPv6-only)", host)
+    link_local = packed[0] == 0xFE and packed[1] & 0xC0 == 0x80  # fe80::/10
+    return (socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, source.interface if link_local else 0))
+
+
+def is_mapped_source(cmsg: tuple[int, int, bytes]) -> bool:
+    """Whether a control message of :func:`pktinfo_cmsg` carries an IPv4 source (a mapped one on IPv6)."""
+    return cmsg[0] == socket.IPPROTO_IP or cmsg[2].startswith(_MAPPED_PREFIX)
+
+
+def is_mapped_host(host: str) -> bool:
+    """Whether ``host`` is an IPv4-mapped IPv6 literal (``::ffff:a.b.c.d``, in any of its spellings)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0]).startswith(_MAPPED_PREFIX)
+    except (OSError, ValueError):
+        return False
 
 
 def describe(sock: socket.socket) -> dict[str, object]:

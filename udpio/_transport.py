@@ -21,6 +21,7 @@ Not thread-safe: call every method from the loop's thread (use ``loop.call_soon_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import socket
@@ -29,13 +30,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from . import _receive, _sockopts
-from ._addr import Address, check_destination_port, format_address
+from ._addr import Address, Source, check_destination_port, format_address
 from ._counters import Counters, proc_net_drops
 from ._destinations import Destinations
 from ._error_routes import ErrorRoutes, HandlerErrorHook
 from ._errors import EndpointBrokenError, EndpointClosedError, InvalidAddressError
 from ._limits import ReceiveLimits
 from ._options import TransportOptions
+from ._receive._seam import has_local_handler
 from ._send import Buffer, SendPath
 
 logger = logging.getLogger("udpio")
@@ -234,9 +236,17 @@ class DatagramTransport(asyncio.DatagramTransport):
         return self._protocol
 
     def _choose_strategy(self, protocol: asyncio.BaseProtocol) -> _receive.ReceiveStrategy:
-        spec = _receive.choose(self._receive_config, protocol)
+        config = self._receive_config
+        local = has_local_handler(protocol)
+        if local != config.pktinfo:
+            # The protocol takes local addresses (datagram(s)_received_on): the kernel must say, per datagram,
+            # where it was sent; the option costs a control message per datagram, so it is on only then.
+            if self._sock.fileno() != -1:  # a closed transport (set_protocol after close) reads nothing
+                _sockopts.set_pktinfo(self._sock, local)
+            config = self._receive_config = dataclasses.replace(config, pktinfo=local)
+        spec = _receive.choose(config, protocol)
         self._extra["receive_strategy"] = spec.name
-        return spec.build(self._sock, protocol, self._receive_config, self._routes)
+        return spec.build(self._sock, protocol, config, self._routes)
 
     def _reader(self) -> Callable[[], None]:
         """The callable the loop runs on each readiness event (choosing the strategy the first time)."""
@@ -323,8 +333,17 @@ class DatagramTransport(asyncio.DatagramTransport):
 
     # -- sending (the send path's methods are bound on each instance; these are their documentation) ------
 
-    def sendto(self, data: Buffer, addr: Any = None) -> None:
+    def sendto(self, data: Buffer, addr: Any = None, *, source: Source | None = None) -> None:
         """Send one datagram to ``addr`` (``None`` or omitted on a connected endpoint).
+
+        ``source``: the address of this host to send from (a :class:`~udpio.LocalAddress`, as
+        ``datagram_received_on`` hands one with each datagram, or an IP literal); by default the kernel picks
+        it by route. On a socket bound to the wildcard address, answering from the ``LocalAddress`` a request
+        came with makes the reply leave from the address the client sent to (a service address on ``lo``
+        behind anycast or direct server return, or one of several links). Sent with ``sendmsg`` and an
+        ``IP_PKTINFO`` / ``IPV6_PKTINFO`` control message; :class:`InvalidAddressError` for a source that is
+        not an address of the socket's family (or, on a dual-stack socket, not of the peer's); an address
+        that is not this host's is refused by the kernel (``error_received``).
 
         Sent at once when the kernel has room, else buffered; past :meth:`get_write_buffer_limits`'s high
         mark the protocol's ``pause_writing`` is called, and past the hard ``buffer_limit`` the datagram is
@@ -333,13 +352,17 @@ class DatagramTransport(asyncio.DatagramTransport):
         for a destination that is not an IP literal tuple of the socket's family. Network errors (ICMP
         refused, ENOBUFS, EMSGSIZE...) go to ``error_received``, never raised.
         """
-        self._send.sendto(data, addr)
+        self._send.sendto(data, addr, source=source)
 
-    def send_batch(self, batch: Iterable[tuple[Buffer, Any]]) -> None:
+    def send_batch(
+        self, batch: Iterable[tuple[Buffer, Any]] | Iterable[tuple[Buffer, Any, Source | None]]
+    ) -> None:
         """Send ``(data, addr)`` pairs in order, e.g. replies built from a ``datagrams_received`` batch.
 
         As :meth:`sendto` for each pair, with the per-call checks hoisted: every pair is checked before the
         first is sent (so a bad one raises with nothing sent), then the pairs go through one batch backend.
+        ``(data, addr, source)`` triples (a batch is all pairs or all triples), as a ``datagrams_received_on``
+        batch is, are sent as ``sendto(data, addr, source=source)`` each, after the same checks.
         """
         self._send.send_batch(batch)
 

@@ -100,9 +100,9 @@ def _plain(config: ReceiveConfig) -> bool:
 
 register(StrategySpec("per_datagram", PerDatagram, frozenset(), lambda c, batch: _plain(c) and not batch))
 register(StrategySpec("batch", Batch, frozenset(), lambda c, batch: _plain(c) and batch))
-register(
-    StrategySpec(
-        "recvmsg", Recvmsg, frozenset({"gro", "kernel_drops"}), lambda c, batch: bool(c.features) and not c.zero_copy
-    )
-)
-register(StrategySpec("zero_copy", ZeroCopy, frozenset({"gro", "kernel_drops", "zero_copy"}), lambda c, b: c.zero_copy))
+#: What the ``recvmsg`` strategies read from their control messages; ``pktinfo``: each datagram's local address,
+#: for a protocol with ``datagram(s)_received_on`` (a strategy without it, such as a ``recvfrom`` one, is then
+#: never chosen).
+_CONTROL: frozenset[Feature] = frozenset({"gro", "kernel_drops", "pktinfo"})
+register(StrategySpec("recvmsg", Recvmsg, _CONTROL, lambda c, batch: bool(c.features) and not c.zero_copy))
+register(StrategySpec("zero_copy", ZeroCopy, _CONTROL | {"zero_copy"}, lambda c, b: c.zero_copy))

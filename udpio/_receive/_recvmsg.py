@@ -1,9 +1,14 @@
 """The two ``recvmsg`` strategies, for sockets whose receives carry control messages: :class:`Recvmsg` (UDP
-GRO, ``SO_RXQ_OVFL``) and :class:`ZeroCopy` (the same, received into a reused arena and delivered as views).
+GRO, ``SO_RXQ_OVFL``, local addresses) and :class:`ZeroCopy` (the same, received into a reused arena and
+delivered as views).
 
 GRO: the kernel may hand several equal-sized datagrams from one sender as one buffer, with the segment size
 in a ``UDP_GRO`` control message (udp(7)); they are split again here, so handlers never see the difference.
 ``SO_RXQ_OVFL`` (socket(7)): each receive carries the kernel's running drop count for the socket.
+Local addresses (``pktinfo`` in the configuration): each receive carries an ``IP_PKTINFO`` / ``IPV6_PKTINFO``
+message (ip(7), ipv6(7)); the datagrams go to the protocol's ``datagrams_received_on`` as ``(data, addr,
+local)`` (or one ``datagram_received_on(data, addr, local)`` call each), every piece of a GRO train with the
+train's local address (one sender, one destination: the kernel coalesces one flow only).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from ._seam import ReceiveConfig, ReceiveSink, StrategyBase
 
 logger = logging.getLogger("udpio")
 
-#: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages.
+#: Room for the UDP_GRO (int) and SO_RXQ_OVFL (uint32) control messages; local addresses need
+#: ``_sockopts.PKTINFO_SPACE`` more (a datagram without room for its messages would come with MSG_CTRUNC).
 ANCILLARY_SPACE = socket.CMSG_SPACE(4) * 2
 #: zero_copy: the receive arena: one batch plus one maximal receive (a GRO train), reused for every list
 #: while no view of it survives its handler, so it stays in cache.
@@ -29,10 +35,54 @@ ARENA_SIZE = BATCH_BYTES + RECV_BUFFER_SIZE
 _GRO_SEGMENT = struct.Struct("=i")
 
 
-class Recvmsg(StrategyBase):
+_IPPROTO_IP = socket.IPPROTO_IP
+_IPPROTO_IPV6 = socket.IPPROTO_IPV6
+
+
+class _ControlMessages(StrategyBase):
+    """What both ``recvmsg`` strategies share: the ancillary room they ask for, and the delivery of
+    ``(data, addr, local)`` lists when the protocol takes local addresses."""
+
+    def __init__(
+        self, sock: socket.socket, protocol: asyncio.BaseProtocol, config: ReceiveConfig, sink: ReceiveSink
+    ) -> None:
+        super().__init__(sock, protocol, config, sink)
+        self._local = config.pktinfo
+        self._ancillary = ANCILLARY_SPACE + (_sockopts.PKTINFO_SPACE if config.pktinfo else 0)
+        # An IPv4 address seen on an IPv6 (dual-stack) socket is written mapped, as its peers are.
+        self._mapped = sock.family == socket.AF_INET6
+        # Stands in when a receive carries no address (none is expected: the option is on before reading).
+        self._unknown = _sockopts.UNKNOWN_LOCAL[sock.family]
+
+    def _flush_local(self, batch: list[tuple[Any, Any, Any]], nbytes: int) -> None:
+        """:meth:`_flush` for ``(data, addr, local)`` lists: to ``datagrams_received_on`` whole, or item by
+        item to ``datagram_received_on``; the same counting and the same rule when the transport stops."""
+        counters = self._counters
+        counters.datagrams_in += len(batch)
+        counters.bytes_in += nbytes
+        protocol = self._protocol
+        many = getattr(protocol, "datagrams_received_on", None)
+        if many is not None:
+            try:
+                many(batch)
+            except Exception as exc:
+                self._sink.handler_failed(exc, batch[-1][1])
+            return
+        deliver = protocol.datagram_received_on  # type: ignore[attr-defined]  # has_local_handler chose this
+        for index, (data, addr, local) in enumerate(batch):
+            try:
+                deliver(data, addr, local)
+            except Exception as exc:
+                self._sink.handler_failed(exc, addr)
+            if self._stopped:
+                counters.dropped_on_close += len(batch) - index - 1
+                return
+
+
+class Recvmsg(_ControlMessages):
     """``recvmsg`` with control messages: GRO trains split at the segment size, the kernel drop count kept
-    in ``counters.kernel_drops``; lists of about ``batch_bytes`` (one call per item without
-    ``datagrams_received``)."""
+    in ``counters.kernel_drops``, local addresses delivered with each datagram; lists of about ``batch_bytes``
+    (one call per item without ``datagrams_received`` / ``datagrams_received_on``)."""
 
     def __init__(
         self, sock: socket.socket, protocol: asyncio.BaseProtocol, config: ReceiveConfig, sink: ReceiveSink
@@ -44,20 +94,26 @@ class Recvmsg(StrategyBase):
     def read_event(self) -> None:
         if self._stopped:
             return
-        batch: list[tuple[bytes, Any]] = []
+        batch: list[Any] = []
         append = batch.append
         recvmsg = self._sock.recvmsg
         size = self._size
+        ancillary = self._ancillary
         top = self._max_size
         limit = self._batch_bytes
         sink = self._sink
         counters = self._counters
+        with_local = self._local
+        flush = self._flush_local if with_local else self._flush
+        mapped = self._mapped
+        unknown = local = self._unknown
+        local_address = _sockopts.local_address
         chunk = oversize = gro_batches = 0
         try:
             for _ in range(self._per_event):
                 segment = 0
                 try:
-                    data, ancdata, flags, addr = recvmsg(size, ANCILLARY_SPACE)
+                    data, ancdata, flags, addr = recvmsg(size, ancillary)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -65,11 +121,18 @@ class Recvmsg(StrategyBase):
                         break
                     continue
                 length = len(data)
+                local = unknown
                 for level, kind, cdata in ancdata:
                     if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
                         segment = _GRO_SEGMENT.unpack_from(cdata)[0]
                     elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
                         counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+                    elif level == _IPPROTO_IP and kind == _sockopts.IP_PKTINFO:
+                        # Wins over IPV6_PKTINFO (an IPv4 peer of a dual-stack socket brings both): only it
+                        # carries ipi_spec_dst (see _sockopts.local_address).
+                        local = local_address(level, cdata, mapped) or local
+                    elif level == _IPPROTO_IPV6 and kind == _sockopts.IPV6_PKTINFO and local is unknown:
+                        local = local_address(level, cdata) or local
                 if flags & socket.MSG_TRUNC:
                     oversize += 1
                 elif segment and length > segment:
@@ -79,15 +142,15 @@ class Recvmsg(StrategyBase):
                         if len(piece) > top:
                             oversize += 1
                         else:
-                            append((piece, addr))
+                            append((piece, addr, local) if with_local else (piece, addr))
                             chunk += len(piece)
                 elif length > top:
                     oversize += 1
                 else:
-                    append((data, addr))
+                    append((data, addr, local) if with_local else (data, addr))
                     chunk += length
                 if chunk >= limit:
-                    self._flush(batch, chunk)
+                    flush(batch, chunk)
                     batch = []
                     append = batch.append
                     chunk = 0
@@ -100,10 +163,10 @@ class Recvmsg(StrategyBase):
             if self._stopped:
                 self._drop_unsent(batch, chunk)
             else:
-                self._flush(batch, chunk)
+                flush(batch, chunk)
 
 
-class ZeroCopy(StrategyBase):
+class ZeroCopy(_ControlMessages):
     """``recvmsg_into`` a preallocated arena, delivering ``memoryview`` slices of it: no copy at all.
 
     A view is valid during the handler call only, and that is enforced rather than hoped for:
@@ -131,17 +194,22 @@ class ZeroCopy(StrategyBase):
     def read_event(self) -> None:
         if self._stopped:
             return
-        batch: list[tuple[Any, Any]] = []
+        batch: list[Any] = []
         append = batch.append
         recvmsg_into = self._sock.recvmsg_into
         arena = self._arena
         room = ARENA_SIZE - RECV_BUFFER_SIZE  # a list is closed before the arena's tail is too short
         offset = 0
         size = self._size
+        ancillary = self._ancillary
         top = self._max_size
         limit = self._batch_bytes
         sink = self._sink
         counters = self._counters
+        with_local = self._local
+        mapped = self._mapped
+        unknown = local = self._unknown
+        local_address = _sockopts.local_address
         chunk = oversize = gro_batches = 0
         view: Any = None  # this loop's own views of the arena, dropped before the arena is checked
         data: Any = None
@@ -151,7 +219,7 @@ class ZeroCopy(StrategyBase):
                 segment = 0
                 view = arena[offset : offset + size]
                 try:
-                    length, ancdata, flags, addr = recvmsg_into([view], ANCILLARY_SPACE)
+                    length, ancdata, flags, addr = recvmsg_into([view], ancillary)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -160,11 +228,16 @@ class ZeroCopy(StrategyBase):
                     continue
                 data = view[:length]
                 offset += length
+                local = unknown
                 for level, kind, cdata in ancdata:
                     if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
                         segment = _GRO_SEGMENT.unpack_from(cdata)[0]
                     elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
                         counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+                    elif level == _IPPROTO_IP and kind == _sockopts.IP_PKTINFO:
+                        local = local_address(level, cdata, mapped) or local  # wins, as in Recvmsg
+                    elif level == _IPPROTO_IPV6 and kind == _sockopts.IPV6_PKTINFO and local is unknown:
+                        local = local_address(level, cdata) or local
                 if flags & socket.MSG_TRUNC:
                     oversize += 1
                 elif segment and length > segment:
@@ -174,12 +247,12 @@ class ZeroCopy(StrategyBase):
                         if len(piece) > top:
                             oversize += 1
                         else:
-                            append((piece, addr))
+                            append((piece, addr, local) if with_local else (piece, addr))
                             chunk += len(piece)
                 elif length > top:
                     oversize += 1
                 else:
-                    append((data, addr))
+                    append((data, addr, local) if with_local else (data, addr))
                     chunk += length
                 if chunk >= limit or offset > room:
                     view = data = piece = None
@@ -200,18 +273,22 @@ class ZeroCopy(StrategyBase):
             else:
                 self._deliver(batch, chunk, arena)
 
-    def _deliver(self, batch: list[tuple[Any, Any]], nbytes: int, arena: memoryview) -> memoryview:
+    def _deliver(self, batch: list[Any], nbytes: int, arena: memoryview) -> memoryview:
         """Deliver a list; returns the arena for the next one (the same, or a fresh one, see the class doc)."""
         if not self._views:
-            self._flush([(bytes(view), addr) for view, addr in batch], nbytes)
+            if self._local:
+                self._flush_local([(bytes(view), addr, local) for view, addr, local in batch], nbytes)
+            else:
+                self._flush([(bytes(view), addr) for view, addr in batch], nbytes)
             return arena
+        flush = self._flush_local if self._local else self._flush
         try:
-            self._flush(batch, nbytes)
+            flush(batch, nbytes)
         finally:
-            for view, _ in batch:
+            for item in batch:
                 # BufferError: the handler made an export of it; the arena check below sees it.
                 with contextlib.suppress(BufferError):
-                    view.release()
+                    item[0].release()
             arena.release()
             try:
                 self._bytes.append(0)  # refused while any view of the arena is alive

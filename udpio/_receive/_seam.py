@@ -18,8 +18,10 @@ from .._counters import Counters
 from .._limits import ReceiveLimits
 
 #: A socket feature a strategy must be able to read: coalesced GRO buffers (``gro``), the ``SO_RXQ_OVFL``
-#: drop count on each receive (``kernel_drops``), delivery of views into a reused buffer (``zero_copy``).
-Feature: TypeAlias = Literal["gro", "kernel_drops", "zero_copy"]
+#: drop count on each receive (``kernel_drops``), delivery of views into a reused buffer (``zero_copy``), each
+#: datagram's local address (``pktinfo``: ``IP_PKTINFO``/``IPV6_PKTINFO``, delivered to the protocol's
+#: ``datagram_received_on`` / ``datagrams_received_on``).
+Feature: TypeAlias = Literal["gro", "kernel_drops", "zero_copy", "pktinfo"]
 
 
 class ReceiveSink(Protocol):
@@ -62,6 +64,9 @@ class ReceiveConfig:
     kernel_drops: bool = False
     #: Deliver ``memoryview`` slices of a reused buffer, valid only during the handler call.
     zero_copy: bool = False
+    #: The protocol takes each datagram's local address (:func:`has_local_handler`); ``IP_PKTINFO`` /
+    #: ``IPV6_RECVPKTINFO`` is on: deliver ``(data, addr, local)`` to ``datagram(s)_received_on``.
+    pktinfo: bool = False
 
     @property
     def features(self) -> frozenset[Feature]:
@@ -73,6 +78,8 @@ class ReceiveConfig:
             wanted.append("kernel_drops")
         if self.zero_copy:
             wanted.append("zero_copy")
+        if self.pktinfo:
+            wanted.append("pktinfo")
         return frozenset(wanted)
 
 
@@ -103,8 +110,21 @@ class StrategySpec:
 
 
 def has_batch_handler(protocol: object) -> bool:
-    """Whether ``protocol`` takes lists (``datagrams_received``)."""
+    """Whether ``protocol`` takes lists (``datagrams_received``, or ``datagrams_received_on`` when it takes
+    local addresses)."""
+    if has_local_handler(protocol):
+        return getattr(protocol, "datagrams_received_on", None) is not None
     return hasattr(protocol, "datagrams_received")
+
+
+def has_local_handler(protocol: object) -> bool:
+    """Whether ``protocol`` takes each datagram's local address: it has ``datagram_received_on(data, addr,
+    local)`` or ``datagrams_received_on(batch)`` (not ``None``: a protocol may bind one in ``connection_made``,
+    when it knows its socket, as udpio's echo server does)."""
+    return (
+        getattr(protocol, "datagrams_received_on", None) is not None
+        or getattr(protocol, "datagram_received_on", None) is not None
+    )
 
 
 class StrategyBase:
