@@ -711,6 +711,18 @@ def test_send_pairs_accepts_a_descriptor_and_a_start() -> None:
             core.send_pairs(tx, pairs, 0, fast=True)
 
 
+def test_send_pairs_on_a_closed_socket_sends_nothing_and_leaves_it_to_sendto() -> None:
+    """A handler closed the socket under the transport (fileno() is -1): nothing is sent, no exception; the
+    caller's sendto then meets EBADF and routes it (tests/test_resilience.py has the transport's side)."""
+    with receivers(socket.AF_INET, LO4, 1) as (peer,):
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx.close()
+        pairs = [(b"a", peer.getsockname()), (b"b", peer.getsockname())]
+        assert core.send_pairs(tx, pairs, 1) == 1
+        with pytest.raises(ValueError, match=r"start must be in 0\.\.2, got 3"):
+            core.send_pairs(tx, pairs, 3)
+
+
 def test_send_pairs_on_a_connected_socket_takes_none() -> None:
     host = LO4
     with receivers(socket.AF_INET, host, 1) as (peer,), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:

@@ -1185,10 +1185,6 @@ send_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *
             return NULL;
         }
     }
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0) {
-        return NULL;
-    }
     Py_ssize_t start = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
     if (start == -1 && PyErr_Occurred()) {
         return NULL;
@@ -1202,6 +1198,18 @@ send_pairs(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *
                      start);
         Py_DECREF(seq);
         return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0) {
+        /* ValueError: fileno() is -1, the socket was closed (perhaps by a handler, under the transport).
+         * Nothing is sent: the caller's sendto meets the closed socket (EBADF) and routes it. */
+        if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyErr_Clear();
+        Py_DECREF(seq);
+        return PyLong_FromSsize_t(start);
     }
     Py_ssize_t index = start;
     int family = 0;

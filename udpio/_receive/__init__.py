@@ -9,6 +9,8 @@ strategy            reads with                                             the t
 ``batch``           ``recvfrom``; lists for ``datagrams_received``          the protocol has ``datagrams_received``
 ``recvmsg``         ``recvmsg`` + control messages (GRO, ``SO_RXQ_OVFL``)  ``gro`` or ``track_kernel_drops``
 ``zero_copy``       ``recvmsg_into`` a reused arena; ``memoryview`` slices  ``zero_copy``
+``compiled``        ``recvmmsg`` in C (``udpio._core``); either handler     everything but ``zero_copy``, wherever
+                                                                           the compiled core runs (``IO_CORE``)
 ==================  =====================================================  ======================================
 
 Every strategy honours the same delivery contract (SEAMS.md): either handler shape, the same size rule
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+from .. import _io_core
 from .._errors import InvalidArgumentError
 from ._recvfrom import Batch, PerDatagram
 from ._recvmsg import Recvmsg, ZeroCopy
@@ -106,3 +109,10 @@ register(
     )
 )
 register(StrategySpec("zero_copy", ZeroCopy, frozenset({"gro", "kernel_drops", "zero_copy"}), lambda c, b: c.zero_copy))
+if _io_core.IO_CORE == "compiled":
+    # Registered last, so it is the default wherever it can serve (every configuration but zero copy: views
+    # into a reused buffer stay Python's, see ZeroCopy). UDPIO_NO_EXTENSIONS=1 leaves it out of the registry,
+    # hence out of the transport's choice and of the test matrix.
+    register(
+        StrategySpec("compiled", _io_core.build_receiver, frozenset({"gro", "kernel_drops"}), lambda c, b: not c.zero_copy)
+    )
