@@ -271,7 +271,7 @@ def test_each_limit_is_written_once() -> None:
 def test_registry_holds_the_strategies_and_forcing_is_checked() -> None:
     python = ["per_datagram", "batch", "recvmsg", "zero_copy"]
     # The compiled strategy is in the registry (hence in every receive test's matrix) exactly when it runs.
-    assert list(_receive.REGISTRY) == (python + ["compiled"] if udpio.IO_CORE == "compiled" else python)
+    assert list(_receive.REGISTRY) == ([*python, "compiled"] if udpio.IO_CORE == "compiled" else python)
     with pytest.raises(udpio.InvalidArgumentError, match="receive strategy must be one of"):
         with _receive.forced("no-such-strategy"):
             pass

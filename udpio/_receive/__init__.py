@@ -114,5 +114,7 @@ if _io_core.IO_CORE == "compiled":
     # into a reused buffer stay Python's, see ZeroCopy). UDPIO_NO_EXTENSIONS=1 leaves it out of the registry,
     # hence out of the transport's choice and of the test matrix.
     register(
-        StrategySpec("compiled", _io_core.build_receiver, frozenset({"gro", "kernel_drops"}), lambda c, b: not c.zero_copy)
+        StrategySpec(
+            "compiled", _io_core.build_receiver, frozenset({"gro", "kernel_drops"}), lambda c, b: not c.zero_copy
+        )
     )
