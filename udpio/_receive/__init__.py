@@ -13,6 +13,9 @@ strategy            reads with                                             the t
                                                                            the compiled core runs (``IO_CORE``)
 ==================  =====================================================  ======================================
 
+The first three are the defaults on the pure-Python path; where the compiled core runs it takes their place
+(registered last, see :func:`choose`), and they serve only when forced (the tests).
+
 Every strategy honours the same delivery contract (SEAMS.md): either handler shape, the same size rule
 (:class:`~udpio._limits.ReceiveLimits`), counters added per event or per list, handler errors to the sink,
 nothing delivered after ``stop()``.
