@@ -318,6 +318,11 @@ class SendPath:
         if self._closing:
             raise EndpointClosedError("UDP endpoint")
         pairs = batch if type(batch) is list else list(batch)
+        if len(pairs) == 1:
+            # One reply (request/response traffic): sendto makes the same checks with less around them.
+            data, addr = pairs[0]
+            self.sendto(data, addr)
+            return
         if self._buffer or self._destinations.peer is not None:
             # Behind a queue each one queues in order; a connected socket takes no address: one by one.
             self._each(pairs)
