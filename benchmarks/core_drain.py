@@ -11,7 +11,10 @@ per second. Modes:
 * ``python-batch``: the same building lists of (data, addr) for a ``datagrams_received`` handler;
 * ``compiled`` / ``compiled-batch``: ``udpio._core.Receiver`` with the same handlers;
 * ``echo-python``: ``python`` whose handler replies with ``sock.sendto`` (what a protocol does today);
-* ``echo-compiled``: ``compiled-batch`` whose handler replies to the whole list with ``send_pairs``.
+* ``echo-compiled``: ``compiled-batch`` whose handler replies to the whole list with ``send_pairs``;
+* ``c`` (``--prefilled`` only): no interpreter at all, a C loop of ``recvmmsg`` (64 per call, 64 KiB per slot,
+  the benchmark's ``c-ref`` sink) compiled with ``cc`` and called through ``ctypes`` once per drain: the
+  kernel's share of a drain, the floor under every mode above.
 
 A figure is only meaningful on a quiet machine: the flooder and this process each need a core.
 ``--prefilled`` measures without a flooder: the socket's queue is filled first, then drained by read events
@@ -218,6 +221,57 @@ async def measure(mode: str, seconds: float, size: int, peers: int) -> tuple[flo
         return delivered / elapsed, sent / (seconds + warmup + 0.5)
 
 
+C_DRAIN = r"""
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <sys/socket.h>
+#define BATCH 64
+#define SLOT 65536
+static struct mmsghdr msgs[BATCH];
+static struct iovec iovs[BATCH];
+static struct sockaddr_storage peers[BATCH];
+static char *buffers;
+long drain(int fd) {
+    if (buffers == NULL && (buffers = malloc((size_t)BATCH * SLOT)) == NULL) return -1;
+    long count = 0;
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            iovs[i].iov_base = buffers + (size_t)i * SLOT;
+            iovs[i].iov_len = SLOT;
+            msgs[i].msg_hdr.msg_iov = &iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &peers[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof peers[i];
+        }
+        int n = recvmmsg(fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) return count;
+        count += n;
+    }
+}
+"""
+
+
+def c_reader(sock: socket.socket, sink: Sink) -> Callable[[], None]:
+    """The ``c`` mode: a C recvmmsg loop that drains the socket in one call (counted into ``sink``)."""
+    import ctypes  # noqa: PLC0415  # only this mode needs it
+    import tempfile  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="core_drain-") as scratch:
+        source, library = os.path.join(scratch, "drain.c"), os.path.join(scratch, "drain.so")
+        with open(source, "w", encoding="ascii") as out:
+            out.write(C_DRAIN)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", library, source], check=True)
+        drain = ctypes.CDLL(library).drain  # loaded: the file may go
+    drain.restype = ctypes.c_long
+    drain.argtypes = [ctypes.c_int]
+    fd = sock.fileno()
+
+    def read() -> None:
+        sink.counters.datagrams_in += max(0, drain(fd))
+
+    return read
+
+
 def prefilled(mode: str, size: int, peers: int, rounds: int = 20) -> float:
     """CPU seconds per datagram to drain a queue filled beforehand (no loop, no flooder)."""
     per_peer = 4096 // peers  # 4096 datagrams queued per round: well inside a 4 MiB receive buffer
@@ -233,7 +287,7 @@ def prefilled(mode: str, size: int, peers: int, rounds: int = 20) -> float:
             senders.append(sender)
         try:
             sink = Sink()
-            read = make_reader(mode, sock, sink)
+            read = c_reader(sock, sink) if mode == "c" else make_reader(mode, sock, sink)
             pairs = [(b"x" * size, dest)] * per_peer
             spent = 0.0
             total = 0

@@ -53,9 +53,9 @@ from twisted.python import context, log
 from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped]  # zope ships no type information
 
-from udpio import _membership, _sockopts
+from udpio import IO_CORE, _membership, _sockopts
 from udpio._addr import Address, check_destination_port, check_port
-from udpio._errors import InvalidArgumentError, InvalidSocketError
+from udpio._errors import EndpointClosedError, InvalidArgumentError, InvalidSocketError
 from udpio._factories import validated_duplicate
 from udpio._interfaces import Interface, check_group, resolve_interface
 from udpio._limits import MAX_DATAGRAMS_PER_EVENT, max_payload
@@ -76,10 +76,23 @@ DEFAULT_MAX_PACKET_SIZE = 8192
 #: so a protocol writing to ever new peers cannot grow it without bound (as udpio's transport does).
 _DESTINATION_CACHE_SIZE = 1024
 #: Writes a protocol makes while it handles one read event are held and sent when the event's datagrams are all
-#: delivered: the replies to one peer then leave in one GSO ``sendmsg`` (up to 64 datagrams per call, udpio's
-#: ``send_many``) instead of one ``sendto`` each, the largest saving left on a UDP server's path. At most this
-#: many are held (one read event delivers at most 256 datagrams); more are sent at once.
+#: delivered: with udpio's compiled core, all of them in one ``sendmmsg`` through the transport's
+#: ``send_batch`` (replies to one peer joined into GSO runs inside it); on the pure-Python path the replies to
+#: one peer leave in one GSO ``sendmsg`` (``send_many``). Either way far fewer system calls than one ``sendto``
+#: each, the largest saving left on a UDP server's path. At most this many are held (one read event delivers at
+#: most 256 datagrams); more are sent at once. It also bounds the rounds of :meth:`UDPPort._holdingWrites`.
 _MAX_HELD_WRITES = MAX_DATAGRAMS_PER_EVENT
+#: Reading again after the held replies are out (see :meth:`UDPPort._holdingWrites`) costs one receive and
+#: pays off when it finds the peer's next request already queued; it is done while the recent share of such
+#: rounds that found something to answer (a running average in 1/256ths, each round weighing 1/8) is at least
+#: one half, where it saves a readiness wait for every receive it costs...
+_REREAD_FULL = 256
+_REREAD_WORTH = _REREAD_FULL // 2
+#: ... and otherwise tried once every this many read events, so that a change of traffic is noticed.
+_REREAD_PROBE_EVENTS = 16
+#: Held writes go out in one ``sendmmsg`` (``send_batch`` with the compiled core's batch backend); without it
+#: ``send_batch`` is a loop of ``sendto`` and the per-peer GSO runs of ``send_many`` save more.
+_SENDMMSG = IO_CORE == "compiled"
 #: Twisted accepts this name for the IPv4 limited broadcast address in ``write``.
 _BROADCAST = "<broadcast>"
 #: Joining or leaving with ``interface=""`` means "the interface the kernel's route for the group picks", as
@@ -211,6 +224,8 @@ class UDPPort:
         # The transport's counted send (udpio's extension surface), bound while listening: None once closed.
         self._sendNow: Callable[[bytes, Any], None] | None = None
         self._held: list[tuple[bytes, Any]] | None = None  # a list during a read event, see _MAX_HELD_WRITES
+        self._rereadHits = _REREAD_FULL  # see _REREAD_WORTH: start by reading again, as Twisted does
+        self._rereadSkipped = 0
         self._logContext: dict[Any, Any] = {}
         self._setAddressFamily()
         self._maxPayload = max_payload(self.addressFamily)
@@ -394,14 +409,42 @@ class UDPPort:
 
     def _holdingWrites(self, readEvent: Callable[[], None]) -> None:
         """One readiness event: deliver what is queued on the socket, holding the protocol's writes, then
-        send them (see :data:`_MAX_HELD_WRITES`)."""
-        self._held = []
-        try:
-            readEvent()
-        finally:
-            held, self._held = self._held, None
-            if held:
-                self._sendHeld(held)
+        send them (see :data:`_MAX_HELD_WRITES`).
+
+        When the protocol answered, it may read again before going back to the loop, as Twisted's ``doRead``
+        does (it reads until ``EAGAIN``, sending each reply as it is written): a request/response peer that
+        answers fast has its next request queued by the time the replies are out, and reading it now costs one
+        receive where going back to the loop costs a readiness wait as well (issue 14: one request in flight
+        made more system calls per request here than on Twisted's epoll reactor). When the peer is slower
+        than that, the extra receive finds nothing and is one system call wasted per request (Twisted's
+        reactor pays it every time, in its final ``EAGAIN`` receive), so it is done only while it pays off
+        (:data:`_REREAD_WORTH`). A round that answers nothing ends the event, as does the transport pausing or
+        closing; at most ``_MAX_HELD_WRITES`` replies per event, so one busy port cannot keep the loop from
+        its timers and other sockets.
+        """
+        transport = self._transport
+        answered = 0
+        rereading = False
+        while True:
+            self._held = []
+            try:
+                readEvent()
+            finally:
+                held, self._held = self._held, None
+                if held:
+                    self._sendHeld(held)
+            if rereading:  # running average of the rounds that found something to answer
+                hits = self._rereadHits
+                self._rereadHits = hits + ((_REREAD_FULL - hits) >> 3) if held else hits - (hits >> 3)
+            answered += len(held)
+            if not held or answered >= _MAX_HELD_WRITES or transport is None or not transport.is_reading():
+                return
+            if not rereading and self._rereadHits < _REREAD_WORTH:
+                self._rereadSkipped += 1
+                if self._rereadSkipped < _REREAD_PROBE_EVENTS:
+                    return
+            self._rereadSkipped = 0
+            rereading = True
 
     def _handlerFailed(self, exc: Exception, addr: object) -> None:
         """A handler raised (counted by the transport): Twisted logs it with ``log.err``."""
@@ -575,11 +618,22 @@ class UDPPort:
             self._sendHeld(held)
 
     def _sendHeld(self, held: list[tuple[bytes, Any]]) -> None:
-        """Send held writes in order: each run to one destination with udpio's ``send_many`` (one GSO
-        ``sendmsg`` per run of equal-sized datagrams), a lone datagram with one send. A failure is logged, as
-        Twisted logs an exception ``write`` raises inside ``datagramReceived``, and the rest still go."""
+        """Send held writes in order. With the compiled core (:data:`_SENDMMSG`), an unconnected port sends
+        them all with the transport's ``send_batch``: one ``sendmmsg``, runs to one peer as GSO runs; an error
+        the kernel returns for one of them goes to ``error_received`` (logged, or ``connectionRefused``, as for
+        any error the transport reports) and the others still go. Otherwise, or when ``send_batch`` refuses the
+        list before sending any of it, each run to one destination goes with udpio's ``send_many`` (one GSO
+        ``sendmsg`` per run of equal-sized datagrams), a lone datagram with one send. A failure there is logged,
+        as Twisted logs an exception ``write`` raises inside ``datagramReceived``, and the rest still go."""
         transport = self._transport
         count = len(held)
+        if _SENDMMSG and count > 1 and self._connectedAddr is None and transport is not None:
+            try:
+                transport.send_batch(held)
+            except (ValueError, TypeError, EndpointClosedError):
+                pass  # checked before anything was sent: one run at a time below, each failure on its own
+            else:
+                return
         start = 0
         while start < count:
             dest = held[start][1]

@@ -48,7 +48,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.python import context, log
 from twisted.python.failure import Failure
 from udpio.compat import MulticastPort, UdpioReactor, UDPPort
-from udpio.compat._ports import _ipv6_receiver
+from udpio.compat._ports import _MAX_HELD_WRITES, _REREAD_FULL, _REREAD_WORTH, _ipv6_receiver
 from zope.interface.verify import verifyObject
 
 import udpio
@@ -715,6 +715,193 @@ def test_written_after_stop_listening_in_the_same_callback_still_goes_out(
             reactor.removeReader(reader)
             reader.connectionLost(None)
         loop.close()
+
+
+class Feeder(DatagramProtocol):
+    """Answers every datagram to ``reply_to``; while ``feed`` says so, also queues one more datagram on its own
+    socket (from ``helper``, on loopback the datagram is queued before ``sendto`` returns) and records, in
+    ``order``, each delivery and when the loop got control back after the first one."""
+
+    def __init__(self, reply_to: Any, helper: socket.socket, feed: Callable[[int], bool]) -> None:
+        self.reply_to = reply_to
+        self.helper = helper
+        self.feed = feed
+        self.order: list[Any] = []
+        self.delivered = 0
+        self.after_first: Callable[[], None] | None = None
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.delivered += 1
+        self.order.append(datagram)
+        if datagram == b"first":
+            loop = self.transport.reactor._asyncioEventloop  # type: ignore[union-attr]  # set while listening
+            loop.call_soon(self.order.append, "loop")
+        self.transport.write(b"reply", self.reply_to)  # type: ignore[union-attr]  # set while listening
+        if self.feed(self.delivered):
+            self.helper.sendto(b"next", self.transport.socket.getsockname())  # type: ignore[union-attr]
+        if datagram == b"first" and self.after_first is not None:
+            self.after_first()
+
+
+def _feeder_port(reactor: UdpioReactor, host: str, feed: Callable[[int], bool]) -> tuple[Feeder, Any, socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    helper = socket.socket(family, socket.SOCK_DGRAM)
+    helper.bind((host, 0))
+    protocol = Feeder(helper.getsockname()[:2], helper, feed)
+    return protocol, reactor.listenUDP(0, protocol, interface=host), helper
+
+
+def test_after_answering_the_port_reads_again_before_the_loop_runs(reactor: UdpioReactor, host: str) -> None:
+    """Issue 14: a request queued while the replies were written is read in the same readiness event (as
+    Twisted's doRead reads until EAGAIN), not after a trip through the loop."""
+    protocol, server, helper = _feeder_port(reactor, host, lambda delivered: delivered == 1)
+    with helper:
+
+        async def body() -> None:
+            helper.sendto(b"first", (host, server.getHost().port))
+            while protocol.delivered < 2 or "loop" not in protocol.order:
+                await _loop_turn(reactor)
+
+        run(reactor, body)
+    assert protocol.order == [b"first", b"next", "loop"]
+
+
+def test_without_held_writes_the_port_reads_once_per_event(loop_kind: str, host: str) -> None:
+    """``hold_writes=False`` keeps Twisted's timing: the event ends when the strategy finds the queue empty
+    (no second round after the replies)."""
+    loop = udpio.new_event_loop(loop_kind)
+    reactor = UdpioReactor(loop, hold_writes=False)
+    try:
+        protocol, server, helper = _feeder_port(reactor, host, lambda delivered: delivered == 1)
+        with helper:
+
+            async def body() -> None:
+                helper.sendto(b"first", (host, server.getHost().port))
+                while protocol.delivered < 2 or "loop" not in protocol.order:
+                    await _loop_turn(reactor)
+
+            run(reactor, body)
+    finally:
+        reactor.disconnectAll()
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        loop.close()
+    # The compiled strategy ends its event on a short recvmmsg; the Python ones may see the second datagram
+    # in their own drain loop, before the loop runs: either way, no round after the replies is needed.
+    assert protocol.order in ([b"first", "loop", b"next"], [b"first", b"next", "loop"])
+
+
+#: per_datagram reads on by itself after each handler call (its FIONREAD probe), as Twisted's doRead does: what
+#: a handler queues is read in the same round, so these tests of the round after the replies do not apply.
+_READS_ON_BY_ITSELF = "per_datagram reads on by itself after a handler call (its FIONREAD probe): no second round"
+
+
+def test_reading_again_stops_when_the_port_stops_listening(
+    reactor: UdpioReactor, receive_strategy: str, host: str
+) -> None:
+    if receive_strategy == "per_datagram":
+        pytest.skip(_READS_ON_BY_ITSELF)
+    protocol, server, helper = _feeder_port(reactor, host, lambda delivered: delivered == 1)
+    stopped: list[defer.Deferred[None] | None] = []
+    protocol.after_first = lambda: stopped.append(server.stopListening())
+    with helper:
+
+        async def body() -> None:
+            helper.sendto(b"first", (host, server.getHost().port))
+            while not stopped:
+                await _loop_turn(reactor)
+            await stopped[0]
+
+        run(reactor, body)
+    assert b"next" not in protocol.order
+
+
+def test_reading_again_is_bounded_so_the_loop_keeps_running(reactor: UdpioReactor, host: str) -> None:
+    """A peer that always has the next request queued cannot keep the port's event going for ever: after
+    ``_MAX_HELD_WRITES`` replies the loop runs (its timers, other sockets)."""
+    protocol, server, helper = _feeder_port(reactor, host, lambda delivered: delivered < 3 * _MAX_HELD_WRITES)
+    with helper:
+
+        async def body() -> None:
+            helper.sendto(b"first", (host, server.getHost().port))
+            while "loop" not in protocol.order:
+                await _loop_turn(reactor)
+
+        run(reactor, body)
+    assert protocol.order.index("loop") <= _MAX_HELD_WRITES + 1
+
+
+def test_reading_again_stops_while_it_finds_nothing(reactor: UdpioReactor, receive_strategy: str, host: str) -> None:
+    """A peer slower than the server (each request sent after the previous reply arrived): the round after
+    the replies finds nothing, and once that is the rule the port stops trying (one receive saved per
+    request), but for one event in ``_REREAD_PROBE_EVENTS``, which notices when the peer speeds up."""
+    if receive_strategy == "per_datagram":
+        pytest.skip(_READS_ON_BY_ITSELF)
+    misses = 0
+    hits = _REREAD_FULL
+    while hits >= _REREAD_WORTH:  # the rule of _holdingWrites: each miss weighs 1/8
+        hits -= hits >> 3
+        misses += 1
+    protocol, server, helper = _feeder_port(reactor, host, lambda delivered: delivered > misses)
+    with helper:
+
+        async def body() -> None:
+            for _ in range(misses):  # ping-pong: the reply arrives before the next request leaves
+                helper.sendto(b"ping", (host, server.getHost().port))
+                await _reply(reactor, helper)
+            helper.sendto(b"first", (host, server.getHost().port))
+            while b"next" not in protocol.order or "loop" not in protocol.order:
+                await _loop_turn(reactor)
+
+        run(reactor, body)
+    assert protocol.order[misses:] == [b"first", "loop", b"next"]
+
+
+@pytest.mark.skipif(udpio.IO_CORE != "compiled", reason="sendmmsg is the compiled core's")
+def test_held_writes_to_many_peers_go_out_in_one_batch(reactor: UdpioReactor, host: str) -> None:
+    """With the compiled core the replies of a read event leave through one ``send_batch`` (one sendmmsg),
+    whatever their destinations."""
+    peers = [Recorder() for _ in range(3)]
+    peer_ports = [reactor.listenUDP(0, peer, interface=host) for peer in peers]
+    plan = [(b"%d" % i, (host, peer_ports[i % 3].getHost().port)) for i in range(9)]
+    server = reactor.listenUDP(0, Replier(lambda addr: plan), interface=host)
+    transport = server._transport
+    assert transport is not None
+    batches: list[int] = []
+    send_batch = transport.send_batch
+
+    def spy(batch: Any) -> None:
+        batches.append(len(batch))
+        send_batch(batch)
+
+    transport.send_batch = spy  # type: ignore[method-assign]
+
+    async def body() -> list[Any]:
+        peer_ports[0].write(b"go", (host, server.getHost().port))
+        return [[(await peer.next())[0] for _ in range(3)] for peer in peers]
+
+    got = run(reactor, body)
+    assert got == [[b"0", b"3", b"6"], [b"1", b"4", b"7"], [b"2", b"5", b"8"]]
+    assert batches == [9]
+    assert server.counters.datagrams_out == 9
+
+
+async def _loop_turn(reactor: UdpioReactor) -> None:
+    """Let the reactor run one iteration (a Deferred fired by ``callLater(0)``)."""
+    turned: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0, turned.callback, None)
+    await turned
+
+
+async def _reply(reactor: UdpioReactor, sock: socket.socket) -> bytes:
+    """The next datagram on a plain blocking socket, read without blocking the reactor."""
+    sock.setblocking(False)
+    while True:
+        try:
+            return sock.recv(100)
+        except BlockingIOError:
+            await _loop_turn(reactor)
 
 
 # -- multicast, on lo only -----------------------------------------------------------------------------

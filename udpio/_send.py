@@ -29,7 +29,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
-from . import _sockopts
+from . import _io_core, _sockopts
 from ._addr import Address, family_name
 from ._counters import Counters
 from ._destinations import Destinations
@@ -98,9 +98,10 @@ def pairs_until_error(
     return index, None
 
 
-#: A compiled batch backend with :func:`send_pairs`'s contract (``udpio._core``'s, when it is built), used
-#: instead of :func:`pairs_until_error`; set by the module that loads it.
-BACKEND: Callable[..., int] | None = None
+#: The compiled batch backend with :func:`send_pairs`'s contract (``udpio._core.send_pairs``: ``sendmmsg(2)``,
+#: consecutive pairs to one destination joined into GSO runs), used instead of :func:`pairs_until_error`;
+#: ``None`` on the pure-Python path (``udpio.IO_CORE``).
+BACKEND: Callable[..., int] | None = _io_core.send_pairs
 
 
 def _nbytes(data: object) -> int:
@@ -150,7 +151,7 @@ class SendPath:
         self._paused = False
         self._closing = False
         self._aborted = False
-        self._gso: bool | None = None  # probed on the first send_many
+        self._gso: bool | None = None  # probed on the first send_many or compiled batch
         self._on_error = on_error
         self._pause = pause
         self._resume = resume
@@ -427,6 +428,11 @@ class SendPath:
         if pairs and len(pairs[0]) == 3:
             self._send_batch_from(pairs)
             return
+        if len(pairs) == 1:
+            # One reply (request/response traffic): sendto makes the same checks with less around them.
+            data, addr = pairs[0]
+            self.sendto(data, addr)
+            return
         if self._buffer or self._destinations.peer is not None:
             # Behind a queue each one queues in order; a connected socket takes no address: one by one.
             self._each(pairs)
@@ -475,9 +481,16 @@ class SendPath:
             stop, exc = self._send_pairs(pairs, start)
 
     def _send_pairs(self, pairs: list[tuple[Buffer, Any]], start: int) -> tuple[int, Exception | None]:
-        if BACKEND is None:
+        # One pair left: a plain sendto is one system call, where the compiled backend makes two (it asks
+        # poll(2) whether an error is pending before its sendmmsg, see SEAMS.md, core's amendment 3).
+        if BACKEND is None or len(pairs) - start < 2:
             return pairs_until_error(self._sock, pairs, start)
-        return BACKEND(self._sock, pairs, start, gso=self._gso is not False), None
+        if self._gso is None:  # once per transport: GSO runs only where the kernel has UDP_SEGMENT
+            try:
+                self._gso = _sockopts.gso_supported(self._sock)
+            except OSError:  # the socket failed under us: the sends below meet the error and route it
+                self._gso = False
+        return BACKEND(self._sock, pairs, start, gso=self._gso), None
 
     def send_many(self, datagrams: Sequence[Buffer], addr: Any = None) -> None:
         """Several datagrams to one destination: runs of equal sizes as one GSO ``sendmsg`` each where the

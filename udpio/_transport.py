@@ -311,7 +311,9 @@ class DatagramTransport(asyncio.DatagramTransport):
 
     def set_read_event_wrapper(self, wrapper: ReadEventWrapper | None) -> None:
         """Run every readiness event as ``wrapper(read_event)``: the wrapper must call ``read_event()`` once
-        and may do work around it (a logging context; writes held during the event and sent after it).
+        and may do work around it (a logging context; writes held during the event and sent after it). It
+        may call it again in the same event (read what came while it worked) as long as :meth:`is_reading`
+        is still true: each call is one more readiness event's worth of reading.
         ``None`` removes it: the loop then calls the receive strategy directly."""
         self._read_wrapper = wrapper
         if self._reading:

@@ -9,7 +9,12 @@ strategy            reads with                                             the t
 ``batch``           ``recvfrom``; lists for ``datagrams_received``          the protocol has ``datagrams_received``
 ``recvmsg``         ``recvmsg`` + control messages (GRO, ``SO_RXQ_OVFL``)  ``gro`` or ``track_kernel_drops``
 ``zero_copy``       ``recvmsg_into`` a reused arena; ``memoryview`` slices  ``zero_copy``
+``compiled``        ``recvmmsg`` in C (``udpio._core``); either handler     everything but ``zero_copy``, wherever
+                                                                           the compiled core runs (``IO_CORE``)
 ==================  =====================================================  ======================================
+
+The first three are the defaults on the pure-Python path; where the compiled core runs it takes their place
+(registered last, see :func:`choose`), and they serve only when forced (the tests).
 
 Every strategy honours the same delivery contract (SEAMS.md): either handler shape, the same size rule
 (:class:`~udpio._limits.ReceiveLimits`), counters added per event or per list, handler errors to the sink,
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+from .. import _io_core
 from .._errors import InvalidArgumentError
 from ._recvfrom import Batch, PerDatagram
 from ._recvmsg import Recvmsg, ZeroCopy
@@ -106,3 +112,13 @@ register(StrategySpec("batch", Batch, frozenset(), lambda c, batch: _plain(c) an
 _CONTROL: frozenset[Feature] = frozenset({"gro", "kernel_drops", "pktinfo"})
 register(StrategySpec("recvmsg", Recvmsg, _CONTROL, lambda c, batch: bool(c.features) and not c.zero_copy))
 register(StrategySpec("zero_copy", ZeroCopy, _CONTROL | {"zero_copy"}, lambda c, b: c.zero_copy))
+if _io_core.IO_CORE == "compiled":
+    # Registered last, so it is the default wherever it can serve (every configuration but zero copy: views
+    # into a reused buffer stay Python's, see ZeroCopy; and but pktinfo, which the compiled receiver does not
+    # read yet). UDPIO_NO_EXTENSIONS=1 leaves it out of the registry, hence out of the transport's choice and
+    # of the test matrix.
+    register(
+        StrategySpec(
+            "compiled", _io_core.build_receiver, frozenset({"gro", "kernel_drops"}), lambda c, b: not c.zero_copy
+        )
+    )

@@ -413,6 +413,8 @@ class Suite:
             argv = [sys.executable, str(self.scripts / back.script), "--workload", load.server, *back.args]
         if group is not None:
             argv += ["--group", group, "--members", str(s.members)]
+        if load.rcvbuf is not None:
+            argv += ["--rcvbuf", str(load.rcvbuf)]
         # A multicast server is joined to this run's group: never shared.
         server, ready = self._server(back, argv, s.reuse_servers and group is None)
         kept = self._kept is not None and self._kept[1] is server

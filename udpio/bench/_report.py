@@ -258,6 +258,12 @@ def render(cells: Sequence[Cell], machine: dict[str, Any], settings: dict[str, A
             + "; ".join(f"{', '.join(names)}: {named.get(kind, kind)}" for kind, names in generators.items())
             + "."
         )
+    for load in loads:
+        if load.rcvbuf is not None:
+            out.append(
+                f"- {load.name}: every server asks for SO_RCVBUF {load.rcvbuf // 1024} KiB (--rcvbuf; Linux doubles "
+                "it, capped at net.core.rmem_max), the same for all, so that no row loses requests at its queue."
+            )
     out.append(f"- Pinning: {pinning['note']}.")
     out.append(f"- Machine: {describe_machine(machine)}.")
     out.append(

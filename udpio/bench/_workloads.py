@@ -23,6 +23,12 @@ AUTO_WINDOW_BYTES = 64 * 1024
 #: 256 x 4 keeps about a thousand datagrams in flight from peers the kernel will never coalesce.
 PEERS = 256
 PEER_WINDOW = 4
+#: Many-peer echo: SO_RCVBUF every server asks for, the same for all (like for like). A default 208 KiB
+#: buffer holds about 256 datagrams of 64 bytes (each costs its payload plus ~700 bytes of kernel overhead),
+#: fewer than the 1024 in flight: 17-27 % were lost at every server, c-ref included, and a socket whose
+#: request was lost ran one short until it fell silent and was refilled, so each row ran at its own, lower,
+#: load (194-374 really in flight). 2 MiB (Linux doubles it, capped at net.core.rmem_max) holds them all.
+PEER_RCVBUF = 2 * 1024 * 1024
 
 Figures = dict[str, Any]
 
@@ -53,19 +59,27 @@ class Backend:
 BACKENDS: tuple[Backend, ...] = (
     Backend(
         "udpio-asyncio", "udpio_server.py", ("--loop", "asyncio", "--gro"),
-        "udpio on the standard loop, fastest path: batch hook, GRO, GSO echo replies", gro=True,
+        "udpio on the standard loop, fastest path: batch hook, GRO, echo replies in GSO runs", gro=True,
     ),
     Backend(
         "udpio-uvloop", "udpio_server.py", ("--loop", "uvloop", "--gro"),
-        "udpio on uvloop, fastest path: batch hook, GRO, GSO echo replies", ("uvloop",), gro=True,
+        "udpio on uvloop, fastest path: batch hook, GRO, echo replies in GSO runs", ("uvloop",), gro=True,
     ),
     Backend(
         "udpio-asyncio-nogro", "udpio_server.py", ("--loop", "asyncio"),
-        "udpio on the standard loop, batch hook, one sendto per reply (like for like with the peers)",
+        "udpio on the standard loop, no GRO, batch hook, replies with send_batch (sendmmsg with the compiled core)",
     ),
     Backend(
         "udpio-uvloop-nogro", "udpio_server.py", ("--loop", "uvloop"),
-        "udpio on uvloop, batch hook, one sendto per reply (like for like with the peers)", ("uvloop",),
+        "udpio on uvloop, no GRO, batch hook, replies with send_batch (sendmmsg with the compiled core)", ("uvloop",),
+    ),
+    Backend(
+        "udpio-asyncio-perdgram", "udpio_server.py", ("--loop", "asyncio", "--per-datagram"),
+        "udpio on the standard loop, one datagram_received call and one sendto per datagram (the peers' code)",
+    ),
+    Backend(
+        "udpio-uvloop-perdgram", "udpio_server.py", ("--loop", "uvloop", "--per-datagram"),
+        "udpio on uvloop, one datagram_received call and one sendto per datagram (the peers' code)", ("uvloop",),
     ),
     Backend(
         "asyncio", "asyncio_server.py", ("--loop", "asyncio"),
@@ -82,12 +96,12 @@ BACKENDS: tuple[Backend, ...] = (
     ),
     Backend(
         "udpio-rloop", "udpio_server.py", ("--loop", "rloop", "--gro"),
-        "udpio on rloop (its transport uses add_reader), fastest path: batch hook, GRO, GSO echo replies",
+        "udpio on rloop (its transport uses add_reader), fastest path: batch hook, GRO, echo replies in GSO runs",
         ("rloop",), gro=True,
     ),
     Backend(
         "udpio-rloop-nogro", "udpio_server.py", ("--loop", "rloop"),
-        "udpio on rloop, batch hook, one sendto per reply (like for like with the peers)", ("rloop",),
+        "udpio on rloop, no GRO, batch hook, replies with send_batch (sendmmsg with the compiled core)", ("rloop",),
     ),
     Backend(
         "twisted-epoll", "twisted_server.py", ("--reactor", "epoll"),
@@ -139,6 +153,8 @@ class Workload:
     native_client: bool = False
     #: ... unless the Python generator can run the job too (less load offered: the report says which ran).
     python_fallback: bool = False
+    #: SO_RCVBUF every server asks for (``--rcvbuf``), or ``None`` for the system's default.
+    rcvbuf: int | None = None
 
 
 def _rate(snaps: Sequence[Figures], index: int = 0) -> float:
@@ -299,7 +315,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "many-peer", "many-peer echo: client sockets on distinct ports (default 256, 4 in flight each; C "
         "client), replies per second and RTT p50/p90/p99: datagrams from unrelated peers never coalesce",
-        "echo", "peers", "replies_per_s", "dgram/s", True, _closed_loop, native_client=True,
+        "echo", "peers", "replies_per_s", "dgram/s", True, _closed_loop, native_client=True, rcvbuf=PEER_RCVBUF,
     ),
     Workload(
         "request-response", "request/response: one client socket, one request in flight (C client), round "

@@ -1,7 +1,7 @@
 /* udpio.bench's C reference server (the "c-ref" row): what one core does with recvmmsg(2) + sendmmsg(2)
  * and no interpreter, the limit the Python rows' ratios are read against.
  *
- *   refserver --workload echo|sink
+ *   refserver --workload echo|sink [--rcvbuf BYTES]
  *
  * It speaks the same line protocol as the Python servers (udpio/bench/servers/_common.py): a "ready" line
  * with the port once bound to 127.0.0.1:0; then "snap" on stdin answered with the clock, CPU time and the
@@ -12,6 +12,7 @@
  */
 #include "common.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -62,10 +63,18 @@ static void *control(void *unused) {
 
 int main(int argc, char **argv) {
     const char *workload = NULL;
+    int rcvbuf = 0; /* 0: the system's default (the Python servers' --rcvbuf likewise) */
     for (int i = 1; i < argc; i += 2) {
         if (i + 1 >= argc) usage_error("refserver", "option needs a value", argv[i]);
         if (strcmp(argv[i], "--workload") == 0)
             workload = argv[i + 1];
+        else if (strcmp(argv[i], "--rcvbuf") == 0) {
+            char *end = NULL;
+            long value = strtol(argv[i + 1], &end, 10);
+            if (end == argv[i + 1] || *end != '\0' || value < 1 || value > INT_MAX)
+                usage_error("refserver", "value out of range", argv[i]);
+            rcvbuf = (int)value;
+        }
         else if (strcmp(argv[i], "--members") != 0 && strcmp(argv[i], "--group") != 0)
             usage_error("refserver", "unknown option", argv[i]);
     }
@@ -79,6 +88,11 @@ int main(int argc, char **argv) {
 
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) fail("socket");
+    /* socket(7): the kernel doubles the value and caps it at net.core.rmem_max; the ready line says what
+     * it gave. */
+    if (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0) fail("SO_RCVBUF");
+    socklen_t rcvbuf_length = sizeof rcvbuf;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, &rcvbuf_length) < 0) fail("SO_RCVBUF");
     struct sockaddr_in local = loopback_address("refserver", "127.0.0.1", 0);
     if (bind(fd, (struct sockaddr *)&local, sizeof local) < 0) fail("bind");
     socklen_t length = sizeof local;
@@ -97,8 +111,9 @@ int main(int argc, char **argv) {
         msgs[i].msg_hdr.msg_name = &peers[i];
     }
 
-    emit("{\"event\": \"ready\", \"port\": %d, \"transport\": \"C recvmmsg/sendmmsg (blocking, %d per call)\"}",
-         server_port, BATCH);
+    emit("{\"event\": \"ready\", \"port\": %d, \"transport\": \"C recvmmsg/sendmmsg (blocking, %d per call)\", "
+         "\"rcvbuf\": %d}",
+         server_port, BATCH, rcvbuf);
     pthread_t thread;
     if (pthread_create(&thread, NULL, control, NULL) != 0) fail("pthread_create");
 

@@ -62,7 +62,20 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--workload", choices=WORKLOADS, required=True, help="echo, sink (count only) or multicast")
     p.add_argument("--members", type=int, default=4, help="multicast: member sockets joined to the group")
     p.add_argument("--group", default="239.255.77.77", help="multicast: the group (joined on 127.0.0.1 only)")
+    p.add_argument(
+        "--rcvbuf", type=int, default=None,
+        help="SO_RCVBUF in bytes for the server's socket (Linux doubles it, capped at net.core.rmem_max); "
+        "default: the system's",
+    )
     return p
+
+
+def set_rcvbuf(sock: socket.socket, size: int | None) -> int:
+    """Ask for ``size`` bytes of receive buffer (``None``: leave the system's default) and return what the
+    kernel gives (socket(7): doubled, capped at ``net.core.rmem_max``); the ``ready`` line reports it."""
+    if size is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
 def emit(event: str, **fields: object) -> None:

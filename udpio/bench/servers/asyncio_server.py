@@ -36,7 +36,7 @@ class Echo(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)  # type: ignore[union-attr]  # set by connection_made
 
 
-async def serve(workload: str, members: int, group: str) -> None:
+async def serve(workload: str, members: int, group: str, rcvbuf: int | None) -> None:
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     transports: list[asyncio.BaseTransport] = []
@@ -58,14 +58,29 @@ async def serve(workload: str, members: int, group: str) -> None:
                 raise
         else:
             factory: Callable[[], Sink | Echo] = Echo if workload == "echo" else Sink
-            transport, protocol = await loop.create_datagram_endpoint(
-                factory, local_addr=(_common.HOST, 0), family=socket.AF_INET
-            )
+            if rcvbuf is None:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    factory, local_addr=(_common.HOST, 0), family=socket.AF_INET
+                )
+            else:
+                # A receive buffer asked for: the socket is made here (the loops' transports differ in what
+                # they expose of theirs), as multicast does above.
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    rcvbuf = _common.set_rcvbuf(sock, rcvbuf)  # what the kernel gave, for the ready line
+                    sock.bind((_common.HOST, 0))
+                    sock.setblocking(False)
+                    transport, protocol = await loop.create_datagram_endpoint(factory, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
             transports.append(transport)
             protocols.append(protocol)
             port = transport.get_extra_info("sockname")[1]
         kind = type(transports[0])
-        _common.emit("ready", port=port, transport=f"{kind.__module__}.{kind.__name__}", loop=_common.loop_name())
+        _common.emit(
+            "ready", port=port, transport=f"{kind.__module__}.{kind.__name__}", loop=_common.loop_name(), rcvbuf=rcvbuf
+        )
         _common.serve_control(protocols, lambda: loop.call_soon_threadsafe(stopped.set))
         await stopped.wait()
     finally:
@@ -78,7 +93,7 @@ def main() -> None:
     parser = _common.parser(__doc__ or "")
     parser.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")
     args = parser.parse_args()
-    coro: Coroutine[Any, Any, None] = serve(args.workload, args.members, args.group)
+    coro: Coroutine[Any, Any, None] = serve(args.workload, args.members, args.group, args.rcvbuf)
     if args.loop == "rloop":
         _common.run_on_rloop(coro)
     elif args.loop == "uvloop":

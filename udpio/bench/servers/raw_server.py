@@ -44,9 +44,11 @@ def main() -> None:
     state = State()
     if args.workload == "multicast":
         socks = _common.multicast_members(args.group, args.members)
+        rcvbuf = _common.set_rcvbuf(socks[0], None)
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            rcvbuf = _common.set_rcvbuf(sock, args.rcvbuf)
             sock.bind((_common.HOST, 0))
         except BaseException:
             sock.close()
@@ -70,7 +72,7 @@ def main() -> None:
                     break  # one datagram to the group reaches every member
                 _common.wake(port)
 
-        _common.emit("ready", port=port, transport="blocking socket")
+        _common.emit("ready", port=port, transport="blocking socket", rcvbuf=rcvbuf)
         _common.serve_control(counts, stop)
         threads = [
             threading.Thread(target=loop, args=(s, c, state), name=f"member-{i}", daemon=True)

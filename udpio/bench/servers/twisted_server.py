@@ -76,6 +76,9 @@ def main() -> None:
         protocol = Echo() if args.workload == "echo" else Sink()
         ports.append(reactor.listenUDP(0, protocol, interface=_common.HOST))
         protocols.append(protocol)
+        if args.rcvbuf is not None:
+            # After listenUDP, which makes and binds the socket itself; nothing is queued on it yet.
+            _common.set_rcvbuf(ports[0].getHandle(), args.rcvbuf)
 
     reactor_name = f"{type(reactor).__module__}.{type(reactor).__name__}"
     loop = getattr(reactor, "_asyncioEventloop", None)  # the asyncio-based reactors: which loop runs them
@@ -83,7 +86,10 @@ def main() -> None:
     # udpio's reactor holds writes made in datagramReceived by default (issue 14 measures what that costs
     # with one request in flight); None on Twisted's own reactors, which have no such setting.
     hold_writes = getattr(reactor, "hold_writes", None)
-    _common.emit("ready", port=ports[0].getHost().port, transport=reactor_name, loop=loop_name, hold_writes=hold_writes)
+    _common.emit(
+        "ready", port=ports[0].getHost().port, transport=reactor_name, loop=loop_name, hold_writes=hold_writes,
+        rcvbuf=_common.set_rcvbuf(ports[0].getHandle(), None),
+    )
     _common.serve_control(protocols, lambda: reactor.callFromThread(reactor.stop))
     reactor.run(installSignalHandlers=False)
     for port in ports:
