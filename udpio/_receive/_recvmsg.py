@@ -54,6 +54,48 @@ class _ControlMessages(StrategyBase):
         # Stands in when a receive carries no address (none is expected: the option is on before reading).
         self._unknown = _sockopts.UNKNOWN_LOCAL[sock.family]
 
+    def _take(self, data: Any, flags: int, ancdata: list[tuple[int, int, bytes]], addr: Any, append: Any) -> int:
+        """One receive, read the same way by both strategies: its control messages (GRO segment size, drop
+        count, local address), then what it brought appended to the list being filled: one datagram, or each
+        piece of a GRO train, as ``(data, addr)`` or ``(data, addr, local)``. A truncated or oversize datagram
+        is counted in ``dropped_oversize`` instead. Returns the payload bytes appended."""
+        counters = self._counters
+        segment = 0
+        local = unknown = self._unknown
+        for level, kind, cdata in ancdata:
+            if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
+                segment = _GRO_SEGMENT.unpack_from(cdata)[0]
+            elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
+                counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
+            elif level == _IPPROTO_IP and kind == _sockopts.IP_PKTINFO:
+                # Wins over IPV6_PKTINFO (an IPv4 peer of a dual-stack socket brings both): only it carries
+                # ipi_spec_dst (see _sockopts.local_address).
+                local = _sockopts.local_address(level, cdata, self._mapped) or local
+            elif level == _IPPROTO_IPV6 and kind == _sockopts.IPV6_PKTINFO and local is unknown:
+                local = _sockopts.local_address(level, cdata) or local
+        if flags & socket.MSG_TRUNC:
+            counters.dropped_oversize += 1
+            return 0
+        length = len(data)
+        top = self._max_size
+        with_local = self._local
+        if segment and length > segment:
+            counters.gro_batches += 1
+            added = 0
+            for start in range(0, length, segment):
+                piece = data[start : start + segment]
+                if len(piece) > top:
+                    counters.dropped_oversize += 1
+                else:
+                    append((piece, addr, local) if with_local else (piece, addr))
+                    added += len(piece)
+            return added
+        if length > top:
+            counters.dropped_oversize += 1
+            return 0
+        append((data, addr, local) if with_local else (data, addr))
+        return length
+
     def _flush_local(self, batch: list[tuple[Any, Any, Any]], nbytes: int) -> None:
         """:meth:`_flush` for ``(data, addr, local)`` lists: to ``datagrams_received_on`` whole, or item by
         item to ``datagram_received_on``; the same counting and the same rule when the transport stops."""
@@ -99,66 +141,28 @@ class Recvmsg(_ControlMessages):
         recvmsg = self._sock.recvmsg
         size = self._size
         ancillary = self._ancillary
-        top = self._max_size
         limit = self._batch_bytes
         sink = self._sink
-        counters = self._counters
-        with_local = self._local
-        flush = self._flush_local if with_local else self._flush
-        mapped = self._mapped
-        unknown = local = self._unknown
-        local_address = _sockopts.local_address
-        chunk = oversize = gro_batches = 0
-        try:
-            for _ in range(self._per_event):
-                segment = 0
-                try:
-                    data, ancdata, flags, addr = recvmsg(size, ancillary)
-                except (BlockingIOError, InterruptedError):
+        take = self._take
+        flush = self._flush_local if self._local else self._flush
+        chunk = 0
+        for _ in range(self._per_event):
+            try:
+                data, ancdata, flags, addr = recvmsg(size, ancillary)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if sink.receive_error(exc):
                     break
-                except OSError as exc:
-                    if sink.receive_error(exc):
-                        break
-                    continue
-                length = len(data)
-                local = unknown
-                for level, kind, cdata in ancdata:
-                    if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
-                        segment = _GRO_SEGMENT.unpack_from(cdata)[0]
-                    elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
-                        counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
-                    elif level == _IPPROTO_IP and kind == _sockopts.IP_PKTINFO:
-                        # Wins over IPV6_PKTINFO (an IPv4 peer of a dual-stack socket brings both): only it
-                        # carries ipi_spec_dst (see _sockopts.local_address).
-                        local = local_address(level, cdata, mapped) or local
-                    elif level == _IPPROTO_IPV6 and kind == _sockopts.IPV6_PKTINFO and local is unknown:
-                        local = local_address(level, cdata) or local
-                if flags & socket.MSG_TRUNC:
-                    oversize += 1
-                elif segment and length > segment:
-                    gro_batches += 1
-                    for start in range(0, length, segment):
-                        piece = data[start : start + segment]
-                        if len(piece) > top:
-                            oversize += 1
-                        else:
-                            append((piece, addr, local) if with_local else (piece, addr))
-                            chunk += len(piece)
-                elif length > top:
-                    oversize += 1
-                else:
-                    append((data, addr, local) if with_local else (data, addr))
-                    chunk += length
-                if chunk >= limit:
-                    flush(batch, chunk)
-                    batch = []
-                    append = batch.append
-                    chunk = 0
-                    if self._stopped:
-                        return
-        finally:
-            counters.dropped_oversize += oversize
-            counters.gro_batches += gro_batches
+                continue
+            chunk += take(data, flags, ancdata, addr, append)
+            if chunk >= limit:
+                flush(batch, chunk)
+                batch = []
+                append = batch.append
+                chunk = 0
+                if self._stopped:
+                    return
         if batch:
             if self._stopped:
                 self._drop_unsent(batch, chunk)
@@ -202,71 +206,33 @@ class ZeroCopy(_ControlMessages):
         offset = 0
         size = self._size
         ancillary = self._ancillary
-        top = self._max_size
         limit = self._batch_bytes
         sink = self._sink
-        counters = self._counters
-        with_local = self._local
-        mapped = self._mapped
-        unknown = local = self._unknown
-        local_address = _sockopts.local_address
-        chunk = oversize = gro_batches = 0
+        take = self._take
+        chunk = 0
         view: Any = None  # this loop's own views of the arena, dropped before the arena is checked
-        data: Any = None
-        piece: Any = None
-        try:
-            for _ in range(self._per_event):
-                segment = 0
-                view = arena[offset : offset + size]
-                try:
-                    length, ancdata, flags, addr = recvmsg_into([view], ancillary)
-                except (BlockingIOError, InterruptedError):
+        for _ in range(self._per_event):
+            view = arena[offset : offset + size]
+            try:
+                length, ancdata, flags, addr = recvmsg_into([view], ancillary)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if sink.receive_error(exc):
                     break
-                except OSError as exc:
-                    if sink.receive_error(exc):
-                        break
-                    continue
-                data = view[:length]
-                offset += length
-                local = unknown
-                for level, kind, cdata in ancdata:
-                    if level == _sockopts.SOL_UDP and kind == _sockopts.UDP_GRO:
-                        segment = _GRO_SEGMENT.unpack_from(cdata)[0]
-                    elif level == socket.SOL_SOCKET and kind == _sockopts.SO_RXQ_OVFL:
-                        counters.kernel_drops = _sockopts.parse_rxq_ovfl(cdata)
-                    elif level == _IPPROTO_IP and kind == _sockopts.IP_PKTINFO:
-                        local = local_address(level, cdata, mapped) or local  # wins, as in Recvmsg
-                    elif level == _IPPROTO_IPV6 and kind == _sockopts.IPV6_PKTINFO and local is unknown:
-                        local = local_address(level, cdata) or local
-                if flags & socket.MSG_TRUNC:
-                    oversize += 1
-                elif segment and length > segment:
-                    gro_batches += 1
-                    for start in range(0, length, segment):
-                        piece = data[start : start + segment]
-                        if len(piece) > top:
-                            oversize += 1
-                        else:
-                            append((piece, addr, local) if with_local else (piece, addr))
-                            chunk += len(piece)
-                elif length > top:
-                    oversize += 1
-                else:
-                    append((data, addr, local) if with_local else (data, addr))
-                    chunk += length
-                if chunk >= limit or offset > room:
-                    view = data = piece = None
-                    if batch:
-                        arena = self._deliver(batch, chunk, arena)
-                        batch = []
-                        append = batch.append
-                    chunk = offset = 0
-                    if self._stopped:
-                        return
-        finally:
-            counters.dropped_oversize += oversize
-            counters.gro_batches += gro_batches
-        view = data = piece = None
+                continue
+            chunk += take(view[:length], flags, ancdata, addr, append)
+            offset += length
+            if chunk >= limit or offset > room:
+                view = None
+                if batch:
+                    arena = self._deliver(batch, chunk, arena)
+                    batch = []
+                    append = batch.append
+                chunk = offset = 0
+                if self._stopped:
+                    return
+        view = None
         if batch:
             if self._stopped:
                 self._drop_unsent(batch, chunk)
