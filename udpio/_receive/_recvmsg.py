@@ -40,8 +40,8 @@ _IPPROTO_IPV6 = socket.IPPROTO_IPV6
 
 
 class _ControlMessages(StrategyBase):
-    """What both ``recvmsg`` strategies share: the ancillary room they ask for, and the delivery of
-    ``(data, addr, local)`` lists when the protocol takes local addresses."""
+    """What both ``recvmsg`` strategies share: the ancillary room they ask for, and how one receive is read
+    (:meth:`_take`)."""
 
     def __init__(
         self, sock: socket.socket, protocol: asyncio.BaseProtocol, config: ReceiveConfig, sink: ReceiveSink
@@ -96,30 +96,6 @@ class _ControlMessages(StrategyBase):
         append((data, addr, local) if with_local else (data, addr))
         return length
 
-    def _flush_local(self, batch: list[tuple[Any, Any, Any]], nbytes: int) -> None:
-        """:meth:`_flush` for ``(data, addr, local)`` lists: to ``datagrams_received_on`` whole, or item by
-        item to ``datagram_received_on``; the same counting and the same rule when the transport stops."""
-        counters = self._counters
-        counters.datagrams_in += len(batch)
-        counters.bytes_in += nbytes
-        protocol = self._protocol
-        many = getattr(protocol, "datagrams_received_on", None)
-        if many is not None:
-            try:
-                many(batch)
-            except Exception as exc:
-                self._sink.handler_failed(exc, batch[-1][1])
-            return
-        deliver = protocol.datagram_received_on  # type: ignore[attr-defined]  # has_local_handler chose this
-        for index, (data, addr, local) in enumerate(batch):
-            try:
-                deliver(data, addr, local)
-            except Exception as exc:
-                self._sink.handler_failed(exc, addr)
-            if self._stopped:
-                counters.dropped_on_close += len(batch) - index - 1
-                return
-
 
 class Recvmsg(_ControlMessages):
     """``recvmsg`` with control messages: GRO trains split at the segment size, the kernel drop count kept
@@ -144,7 +120,7 @@ class Recvmsg(_ControlMessages):
         limit = self._batch_bytes
         sink = self._sink
         take = self._take
-        flush = self._flush_local if self._local else self._flush
+        flush = self._flush
         chunk = 0
         for _ in range(self._per_event):
             try:
@@ -242,14 +218,10 @@ class ZeroCopy(_ControlMessages):
     def _deliver(self, batch: list[Any], nbytes: int, arena: memoryview) -> memoryview:
         """Deliver a list; returns the arena for the next one (the same, or a fresh one, see the class doc)."""
         if not self._views:
-            if self._local:
-                self._flush_local([(bytes(view), addr, local) for view, addr, local in batch], nbytes)
-            else:
-                self._flush([(bytes(view), addr) for view, addr in batch], nbytes)
+            self._flush([(bytes(item[0]), *item[1:]) for item in batch], nbytes)
             return arena
-        flush = self._flush_local if self._local else self._flush
         try:
-            flush(batch, nbytes)
+            self._flush(batch, nbytes)
         finally:
             for item in batch:
                 # BufferError: the handler made an export of it; the arena check below sees it.

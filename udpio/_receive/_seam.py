@@ -145,32 +145,39 @@ class StrategyBase:
         self._sink = sink
         self._counters = sink.counters
         self._stopped = False
+        # The handlers a list goes to: with local addresses (pktinfo), the ``_on`` pair and (data, addr, local).
+        self._many, self._one = (
+            ("datagrams_received_on", "datagram_received_on")
+            if config.pktinfo
+            else ("datagrams_received", "datagram_received")
+        )
 
     def stop(self) -> None:
         """Deliver nothing more (checked after every handler call) and never read again."""
         self._stopped = True
 
-    def _flush(self, batch: list[tuple[Any, Any]], nbytes: int) -> None:
+    def _flush(self, batch: list[Any], nbytes: int) -> None:
         """Count a list of received datagrams, then deliver it: to ``datagrams_received`` whole, or item by
-        item to ``datagram_received``. If the transport stops in the middle, the rest is counted as dropped
-        on close (received, never delivered)."""
+        item to ``datagram_received`` (the ``_on`` pair, items ``(data, addr, local)``, with local addresses).
+        If the transport stops in the middle, the rest is counted as dropped on close (received, never
+        delivered)."""
         counters = self._counters
         counters.datagrams_in += len(batch)
         counters.bytes_in += nbytes
         protocol = self._protocol
-        many = getattr(protocol, "datagrams_received", None)
+        many = getattr(protocol, self._many, None)
         if many is not None:
             try:
                 many(batch)
             except Exception as exc:
                 self._sink.handler_failed(exc, batch[-1][1])
             return
-        deliver = protocol.datagram_received  # type: ignore[attr-defined]  # a DatagramProtocol
-        for index, (data, addr) in enumerate(batch):
+        deliver = getattr(protocol, self._one)  # a DatagramProtocol, or has_local_handler chose this
+        for index, item in enumerate(batch):
             try:
-                deliver(data, addr)
+                deliver(*item)
             except Exception as exc:
-                self._sink.handler_failed(exc, addr)
+                self._sink.handler_failed(exc, item[1])
             if self._stopped:
                 counters.dropped_on_close += len(batch) - index - 1
                 return
