@@ -1156,6 +1156,100 @@ def test_send_pairs_gso_trains_carry_the_right_bytes() -> None:
         assert [d for d, _ in drain_socket(b)] == [pairs[100][0]]
 
 
+# -- send_pairs with sources ((data, dest, source) triples) -----------------------------------------
+
+
+def test_send_pairs_sends_triples_from_their_sources(family: int, host: str) -> None:
+    """Triples carry the control message of _sockopts.pktinfo_cmsg; each datagram leaves from its source
+    (the receivers see it as the sender), None leaves it to the kernel; pairs and triples mix."""
+    sources = ["127.0.0.2", "127.0.0.3", None] if family == socket.AF_INET else ["::1", None]
+    with receivers(family, host, 3) as peers, socket.socket(family, socket.SOCK_DGRAM) as tx:
+        if family == socket.AF_INET6:
+            _sockopts.set_v6only(tx, True)
+        tx.bind((WILDCARD[family], 0))
+        tx.setblocking(False)
+        items: list[Any] = []
+        for i in range(90):
+            source = None if i % 5 == 0 else sources[i % len(sources)]  # every fifth a plain pair
+            cmsg = None if source is None else _sockopts.pktinfo_cmsg(family, source, False)
+            dest = peers[i % 3].getsockname()
+            data = f"{i}:{source}".encode()
+            items.append((data, dest) if i % 5 == 0 else (data, dest, cmsg))
+        assert core.send_pairs(tx, items, 0) == len(items)
+        port = tx.getsockname()[1]
+        for peer in peers:
+            got = drain_socket(peer)
+            sent = [item for item in items if item[1] == peer.getsockname()]
+            assert [d for d, _ in got] == [item[0] for item in sent]
+            for data, addr in got:
+                assert addr[1] == port
+                source = data.decode().partition(":")[2]
+                assert addr[0] == (host if source == "None" else source)
+
+
+def test_send_pairs_from_a_mapped_source_on_a_dual_stack_socket() -> None:
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx:
+        _sockopts.set_v6only(tx, False)
+        tx.bind(("::", 0))
+        tx.setblocking(False)
+        cmsg = _sockopts.pktinfo_cmsg(socket.AF_INET6, "127.0.0.3", True)
+        dest = ("::ffff:127.0.0.1", peer.getsockname()[1])
+        assert core.send_pairs(tx, [(b"a", dest, cmsg), (b"b", dest, cmsg)], 0) == 2
+        assert drain_socket(peer) == [(b"a", ("127.0.0.3", tx.getsockname()[1])),
+                                      (b"b", ("127.0.0.3", tx.getsockname()[1]))]
+
+
+def test_send_pairs_joins_gso_runs_only_from_one_source() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx, \
+            contextlib.closing(_gro_receiver(socket.AF_INET, LO4)) as rx:
+        tx.bind(("0.0.0.0", 0))
+        if not _sockopts.gso_supported(tx):
+            pytest.skip("kernel without UDP GSO")
+        dest = rx.getsockname()
+        two = _sockopts.pktinfo_cmsg(socket.AF_INET, "127.0.0.2", False)
+        three = _sockopts.pktinfo_cmsg(socket.AF_INET, "127.0.0.3", False)
+        items = [(b"x" * 100, dest, two)] * 4 + [(b"y" * 100, dest, three)] * 3 + [(b"z" * 100, dest, None)] * 2
+        assert core.send_pairs(tx, items, 0) == len(items)
+        assert _receive_trains(rx) == [(400, 100), (300, 100), (200, 100)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a control message",
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO, b"short"),
+        (socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(12)),
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO, bytearray(12)),
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO),
+    ],
+    ids=["str", "short", "other-kind", "bytearray", "two-fields"],
+)
+def test_send_pairs_stops_before_a_source_it_cannot_send(bad: Any) -> None:
+    """Anything but None or one well-formed pktinfo message is left to the caller's sendmsg (which raises or
+    sends as it always does): the index of that triple is returned, what came before is sent."""
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind((LO4, 0))
+        dest = peer.getsockname()
+        items = [(b"a", dest, None), (b"b", dest, bad), (b"c", dest, None)]
+        assert core.send_pairs(tx, items, 0) == 1
+        assert [d for d, _ in drain_socket(peer)] == [b"a"]
+
+
+def test_send_pairs_leaves_a_source_the_kernel_refuses_to_sendmsg() -> None:
+    """192.0.2.1 (TEST-NET-1) is no address of this host: the kernel refuses that message; the index of it is
+    returned (the caller's sendmsg meets the same error and routes it), the rest can be sent after it."""
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("0.0.0.0", 0))
+        dest = peer.getsockname()
+        foreign = _sockopts.pktinfo_cmsg(socket.AF_INET, "192.0.2.1", False)
+        items = [(b"a", dest, None), (b"b", dest, foreign), (b"c", dest, None), (b"d", dest, None)]
+        assert core.send_pairs(tx, items, 0) == 1
+        with pytest.raises(OSError):
+            tx.sendmsg([b"b"], [foreign], 0, dest)
+        assert core.send_pairs(tx, items, 2) == 4
+        assert [d for d, _ in drain_socket(peer)] == [b"a", b"c", b"d"]
+
+
 # -- the factory the transport's strategy registry calls ---------------------------------------------
 
 

@@ -83,7 +83,10 @@
 #define RECV_CONTROL_SPACE                                                                                    \
     (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct in_pktinfo)) +       \
      CMSG_SPACE(sizeof(struct in6_pktinfo)))
-#define SEND_CONTROL_SPACE CMSG_SPACE(sizeof(uint16_t))
+/* A message's control messages: UDP_SEGMENT (a GSO run) and the source address (IP_PKTINFO, or IPV6_PKTINFO,
+ * the larger, which also carries IPv4 sources on a dual-stack socket). */
+#define SEND_CONTROL_SPACE (CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(struct in6_pktinfo)))
+#define SOURCE_MAX sizeof(struct in6_pktinfo)
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Module state                                                                                           */
@@ -1319,6 +1322,56 @@ destination(PyObject *dest, int family, ip_sockaddr *out, socklen_t *len)
     return 1;
 }
 
+/* The control message choosing a datagram's source address, as udpio/_sockopts.py's pktinfo_cmsg builds it
+ * (level, type, data): IP_PKTINFO with a struct in_pktinfo, or IPV6_PKTINFO with a struct in6_pktinfo. len 0:
+ * none (the kernel picks the source). */
+typedef struct {
+    int level;
+    int type;
+    size_t len;
+    unsigned char data[SOURCE_MAX];
+} source_cmsg;
+
+/* Read the third item of a (data, dest, source) triple: None, or one (level, type, bytes) control message of
+ * the two kinds above with the exact size of its struct. 1: done; 0: anything else, left to the caller (its
+ * sendmsg raises or sends as it always does). Never raises. */
+static int
+source_from(PyObject *item, source_cmsg *out)
+{
+    out->len = 0;
+    if (item == Py_None) {
+        return 1;
+    }
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyLong_Check(PyTuple_GET_ITEM(item, 0)) ||
+        !PyLong_Check(PyTuple_GET_ITEM(item, 1)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 2))) {
+        return 0;
+    }
+    long level = PyLong_AsLong(PyTuple_GET_ITEM(item, 0));
+    long type = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *data = PyTuple_GET_ITEM(item, 2);
+    size_t len = (size_t)PyBytes_GET_SIZE(data);
+    if (!(level == IPPROTO_IP && type == IP_PKTINFO && len == sizeof(struct in_pktinfo)) &&
+        !(level == IPPROTO_IPV6 && type == IPV6_PKTINFO && len == sizeof(struct in6_pktinfo))) {
+        return 0;
+    }
+    out->level = (int)level;
+    out->type = (int)type;
+    out->len = len;
+    memcpy(out->data, PyBytes_AS_STRING(data), len);
+    return 1;
+}
+
+static inline int
+source_equal(const source_cmsg *a, const source_cmsg *b)
+{
+    return a->len == b->len &&
+           (a->len == 0 || (a->level == b->level && a->type == b->type && memcmp(a->data, b->data, a->len) == 0));
+}
+
 /* One sendmmsg's worth of messages, on the stack. */
 typedef struct {
     struct mmsghdr msgs[SEND_BATCH];
@@ -1331,6 +1384,7 @@ typedef struct {
     size_t segment[SEND_BATCH];   /* the GSO segment size: the run's first datagram */
     size_t run_bytes[SEND_BATCH]; /* bytes in the run */
     int open[SEND_BATCH];         /* the run may take more datagrams (none shorter than the segment yet) */
+    source_cmsg source[SEND_BATCH]; /* the message's source address, if it has one */
     struct iovec iov[SEND_MAX_DATAGRAMS];
     Py_buffer views[SEND_MAX_DATAGRAMS];
     int nmsgs;
@@ -1357,7 +1411,9 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
      * change the list under us. */
     for (Py_ssize_t j = index; j < PySequence_Fast_GET_SIZE(seq) && sb->nviews < SEND_MAX_DATAGRAMS; j++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, j);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        source_cmsg source;
+        if (!PyTuple_Check(pair) || (PyTuple_GET_SIZE(pair) != 2 && PyTuple_GET_SIZE(pair) != 3) ||
+            !source_from(PyTuple_GET_SIZE(pair) == 3 ? PyTuple_GET_ITEM(pair, 2) : Py_None, &source)) {
             sb->blocked = 1;
             break;
         }
@@ -1381,11 +1437,13 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
         }
         size_t size = (size_t)view->len;
         int m = sb->nmsgs - 1;
-        /* Join the current run when the destination is the same and the size allows (udp(7): all
-         * segments the same size, the last one may be shorter; zero-length datagrams cannot be segments). */
+        /* Join the current run when the destination and the source are the same and the size allows
+         * (udp(7): all segments the same size, the last one may be shorter; zero-length datagrams cannot
+         * be segments). */
         if (gso && m >= 0 && sb->open[m] && size > 0 && size <= sb->segment[m] &&
             sb->pairs[m] < GSO_MAX_SEGMENTS && sb->run_bytes[m] + size <= GSO_MAX_BYTES &&
-            sb->msgs[m].msg_hdr.msg_namelen == namelen && memcmp(&sb->names[m], &name, namelen) == 0) {
+            sb->msgs[m].msg_hdr.msg_namelen == namelen && memcmp(&sb->names[m], &name, namelen) == 0 &&
+            source_equal(&sb->source[m], &source)) {
             sb->pairs[m] += 1;
             sb->run_bytes[m] += size;
             sb->open[m] = size == sb->segment[m];
@@ -1401,6 +1459,7 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
             sb->segment[m] = size;
             sb->run_bytes[m] = size;
             sb->open[m] = size > 0 && size <= GSO_MAX_BYTES;
+            sb->source[m] = source;
             memset(&sb->msgs[m], 0, sizeof(sb->msgs[m]));
             sb->msgs[m].msg_hdr.msg_name = namelen ? &sb->names[m] : NULL;
             sb->msgs[m].msg_hdr.msg_namelen = namelen;
@@ -1411,19 +1470,33 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
         sb->nviews += 1;
         sb->msgs[m].msg_hdr.msg_iovlen = (size_t)sb->pairs[m];
     }
-    /* A run of several datagrams asks the kernel to cut it at the segment size (UDP_SEGMENT, a uint16). */
+    /* A run of several datagrams asks the kernel to cut it at the segment size (UDP_SEGMENT, a uint16); a
+     * message with a source carries it (ip(7), ipv6(7); the kernel reads both per message of a sendmmsg). */
     for (int m = 0; m < sb->nmsgs; m++) {
-        if (sb->pairs[m] > 1) {
-            struct msghdr *msg = &sb->msgs[m].msg_hdr;
-            memset(sb->control[m].buf, 0, sizeof(sb->control[m].buf));
-            msg->msg_control = sb->control[m].buf;
-            msg->msg_controllen = sizeof(sb->control[m].buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+        int gso_run = sb->pairs[m] > 1;
+        if (!gso_run && sb->source[m].len == 0) {
+            continue;
+        }
+        struct msghdr *msg = &sb->msgs[m].msg_hdr;
+        memset(sb->control[m].buf, 0, sizeof(sb->control[m].buf));
+        msg->msg_control = sb->control[m].buf;
+        /* Exactly the room used: the kernel reads every header within msg_controllen. */
+        msg->msg_controllen = (gso_run ? CMSG_SPACE(sizeof(uint16_t)) : 0) +
+                              (sb->source[m].len ? CMSG_SPACE(sb->source[m].len) : 0);
+        struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+        if (gso_run) {
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
             c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
             uint16_t segment = (uint16_t)sb->segment[m];
             memcpy(CMSG_DATA(c), &segment, sizeof(segment));
+            c = (struct cmsghdr *)((char *)c + CMSG_SPACE(sizeof(uint16_t)));
+        }
+        if (sb->source[m].len) {
+            c->cmsg_level = sb->source[m].level;
+            c->cmsg_type = sb->source[m].type;
+            c->cmsg_len = CMSG_LEN(sb->source[m].len);
+            memcpy(CMSG_DATA(c), sb->source[m].data, sb->source[m].len);
         }
     }
 }
@@ -1458,9 +1531,12 @@ PyDoc_STRVAR(send_pairs_doc,
 "send_pairs(sock, pairs, start, *, gso=True)\n\
 --\n\
 \n\
-Send pairs[start:] ((data, dest) tuples; dest None on a connected socket) in order with sendmmsg, as\n\
+Send pairs[start:] ((data, dest) tuples; dest None on a connected socket; or (data, dest, source)\n\
+triples, source None or the (level, type, bytes) IP_PKTINFO / IPV6_PKTINFO control message that sends\n\
+from a local address, as udpio._sockopts.pktinfo_cmsg builds it) in order with sendmmsg, as\n\
 many as the kernel takes without blocking; return the index of the first pair not sent (len(pairs) when\n\
-all went). Consecutive pairs to one destination go as UDP GSO runs unless gso is false. It never raises\n\
+all went). Consecutive pairs to one destination (from one source) go as UDP GSO runs unless gso is\n\
+false. It never raises\n\
 for the pair at the returned index: the caller sends that one with its ordinary sendto, which meets the\n\
 error (EAGAIN, ECONNREFUSED, EMSGSIZE...) or the bad argument and handles it as always.");
 

@@ -34,5 +34,9 @@ class Receiver:
     def stop(self) -> None: ...
 
 def send_pairs(
-    sock: socket.socket | int, pairs: Sequence[tuple[Any, Any]], start: int, *, gso: bool = ...
+    sock: socket.socket | int,
+    pairs: Sequence[tuple[Any, Any] | tuple[Any, Any, tuple[int, int, bytes] | None]],
+    start: int,
+    *,
+    gso: bool = ...,
 ) -> int: ...

@@ -58,8 +58,9 @@ class ReceiveStrategy(Protocol):
     def stop(self) -> None: ...
 
 
-#: ``send_pairs(sock, pairs, start) -> int``, SEAMS.md's batch send backend.
-SendPairs: TypeAlias = Callable[[socket.socket, Sequence[tuple[Any, Any]], int], int]
+#: ``send_pairs(sock, pairs, start) -> int``, SEAMS.md's batch send backend; ``pairs`` may also be
+#: ``(data, dest, source)`` triples, ``source`` ``None`` or the control message of ``_sockopts.pktinfo_cmsg``.
+SendPairs: TypeAlias = Callable[[socket.socket, Sequence[tuple[Any, ...]], int], int]
 
 
 def _load() -> ModuleType | None:
