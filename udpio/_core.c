@@ -3,10 +3,12 @@
  *
  * What the interpreter cannot do cheaply is the drain loop itself: per datagram a method call, a tuple, a
  * bytes object, and an exception at EAGAIN. Here one readiness event runs in C: recvmmsg(2) fills up to
- * RECV_BATCH datagrams at once, each becomes `bytes` plus the same address tuple socket.recvfrom would give,
- * and the protocol's handler is called through vectorcall. The only Python left per datagram is the handler.
- * send_pairs() is the send path's batch backend: many (data, destination) pairs in one sendmmsg(2), with
- * consecutive pairs to one destination joined into UDP GSO runs (udp(7), UDP_SEGMENT).
+ * RECV_BATCH datagrams at once, each becomes `bytes` plus the same address tuple socket.recvfrom would give
+ * (and, for a handler that takes it, the udpio.LocalAddress its IP_PKTINFO / IPV6_PKTINFO message names), and
+ * the protocol's handler is called through vectorcall. The only Python left per datagram is the handler.
+ * send_pairs() is the send path's batch backend: many (data, destination) pairs, or (data, destination,
+ * source) triples, in one sendmmsg(2), with consecutive pairs to one destination (from one source) joined
+ * into UDP GSO runs (udp(7), UDP_SEGMENT).
  *
  * Both follow the contracts of SEAMS.md (ReceiveStrategy: read_event/stop; send_pairs). Error semantics are
  * those of the Python path: EAGAIN/EINTR end the event, every other receive error goes to
