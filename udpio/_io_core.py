@@ -130,8 +130,8 @@ def build_receiver(sock: socket.socket, protocol: Any, config: Config, sink: Any
         raise RuntimeError("udpio's compiled I/O core is not in use (see udpio.IO_CORE)")
     if config.zero_copy:
         raise ValueError("the compiled receive strategy has no zero-copy mode; use the Python one")
-    # The Python strategies' choice (_receive/_recvmsg.py, _flush_local; _seam.py, _flush): lists if the
-    # protocol takes them, else one call per datagram.
+    # The Python strategies' choice (_receive/_seam.py, StrategyBase): lists if the protocol takes them, else
+    # one call per datagram; with local addresses, the _on pair.
     suffix = "_on" if config.pktinfo else ""
     many = getattr(protocol, "datagrams_received" + suffix, None)
     if many is not None:
