@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from udpio import _sockopts
+from udpio import LocalAddress, _sockopts
 from udpio._counters import Counters
 from udpio._limits import BATCH_BYTES, GSO_MAX_SEGMENTS, MAX_DATAGRAMS_PER_EVENT, MAX_PAYLOAD_IPV4, RECV_BUFFER_SIZE
 
@@ -589,6 +589,311 @@ def test_counters_that_fail_while_an_exception_leaves_are_reported_as_unraisable
     assert [type(u.exc_value) for u in unraisable] == [AttributeError]
 
 
+# -- local addresses (IP_PKTINFO / IPV6_PKTINFO) ------------------------------------------------------
+
+
+LO = socket.if_nametoindex("lo")
+WILDCARD = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
+class LocalRecorder:
+    """Both local-address handler kinds; records every (data, addr, local) and every list."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, Any, LocalAddress]] = []
+        self.lists: list[list[tuple[bytes, Any, LocalAddress]]] = []
+
+    def datagram_received_on(self, data: bytes, addr: Any, local: LocalAddress) -> None:
+        self.got.append((data, addr, local))
+
+    def datagrams_received_on(self, batch: list[tuple[bytes, Any, LocalAddress]]) -> None:
+        self.lists.append(batch)
+        self.got.extend(batch)
+
+
+def local_receiver(sink: Sink, sock: socket.socket, rec: LocalRecorder, batch: bool, **kw: Any) -> Any:
+    if batch:
+        return core.Receiver(sink, sock.fileno(), kw.pop("limits", Limits()),
+                             datagrams_received_on=rec.datagrams_received_on, **kw)
+    return core.Receiver(sink, sock.fileno(), kw.pop("limits", Limits()),
+                         datagram_received_on=rec.datagram_received_on, **kw)
+
+
+@contextlib.contextmanager
+def wildcard_pair(
+    family: int, host: str, *, dual_stack: bool = False, pktinfo: bool = True
+) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(receiving socket bound to the wildcard, non-blocking, local addresses on; sending socket on ``host``)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET if dual_stack else family, socket.SOCK_DGRAM) as tx:
+        rx.setblocking(False)
+        _sockopts.set_rcvbuf(rx, 1 << 22)
+        if family == socket.AF_INET6:
+            _sockopts.set_v6only(rx, not dual_stack)
+        rx.bind((WILDCARD[family], 0))
+        if pktinfo:
+            _sockopts.set_pktinfo(rx, True)
+        tx.bind((host, 0))
+        tx.settimeout(5)
+        yield rx, tx
+
+
+def targets_of(family: int) -> list[str]:
+    # Linux answers for the whole of 127.0.0.0/8 on lo; IPv6 loopback has only ::1.
+    return [f"127.0.0.{i}" for i in range(1, 41)] if family == socket.AF_INET else ["::1"]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_local_handlers_get_each_datagrams_local_address(family: int, host: str, batch: bool) -> None:
+    """Forty local addresses (more than the Receiver's LocalAddress cache holds), two rounds: each datagram
+    comes with the address it was sent to and lo's index, the same objects udpio.LocalAddress compares equal
+    to; the address and data as without local addresses."""
+    with wildcard_pair(family, host) as (rx, tx):
+        port = rx.getsockname()[1]
+        expected_addr = tx.getsockname() if family == socket.AF_INET else (*tx.getsockname()[:2], 0, 0)
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, batch, limits=Limits(batch_bytes=64))
+        assert receiver.pktinfo and receiver.batch == batch
+        targets = targets_of(family)
+        for _ in range(2):
+            for target in targets:
+                tx.sendto(target.encode(), (target, port))
+        pump(receiver, rx, lambda: len(rec.got) == 2 * len(targets))
+        assert [data for data, _, _ in rec.got] == [t.encode() for t in targets] * 2
+        assert {addr for _, addr, _ in rec.got} == {expected_addr}
+        assert [local for _, _, local in rec.got] == [LocalAddress(t, LO) for t in targets] * 2
+        assert all(type(local) is LocalAddress for _, _, local in rec.got)
+        assert all(type(item) is tuple and len(item) == 3 for batch_ in rec.lists for item in batch_)
+        if batch and family == socket.AF_INET:  # 80 datagrams of ~10 bytes, lists of 64 bytes
+            assert len(rec.lists) > 1
+        assert sink.counters.datagrams_in == 2 * len(targets)
+        assert sink.counters.bytes_in == 2 * sum(map(len, map(str.encode, targets)))
+
+
+def test_a_dual_stack_socket_reports_ipv4_local_addresses_mapped() -> None:
+    """An IPv4 peer of a dual-stack socket brings IP_PKTINFO and IPV6_PKTINFO; the IPv4 one wins and reads
+    ::ffff:127.0.0.2, as the socket writes its IPv4 peers; an IPv6 peer's reads ::1. A broadcast tells the two
+    apart: IPV6_PKTINFO has the header's destination (the broadcast address), IP_PKTINFO's ipi_spec_dst the
+    address of this host that answers for it."""
+    with wildcard_pair(socket.AF_INET6, LO4, dual_stack=True) as (rx, tx4), \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx6:
+        port = rx.getsockname()[1]
+        tx6.bind(("::1", 0))
+        tx4.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        tx4.sendto(b"v4", ("127.0.0.2", port))
+        tx6.sendto(b"v6", ("::1", port))
+        tx4.sendto(b"broadcast", ("127.255.255.255", port))
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, False)
+        pump(receiver, rx, lambda: len(rec.got) == 3)
+        v4_peer = ("::ffff:127.0.0.1", tx4.getsockname()[1], 0, 0)
+        assert rec.got == [
+            (b"v4", v4_peer, LocalAddress("::ffff:127.0.0.2", LO)),
+            (b"v6", (*tx6.getsockname()[:2], 0, 0), LocalAddress("::1", LO)),
+            (b"broadcast", v4_peer, LocalAddress("::ffff:127.0.0.1", LO)),
+        ]
+
+
+def test_local_addresses_match_the_python_strategys_reading(family: int, host: str) -> None:
+    """The same datagrams read by the Python side (recvmsg + _sockopts.local_address, what the recvmsg
+    strategies do) and by the Receiver give equal LocalAddress objects, including a datagram queued before
+    the option was on (the kernel reports ipi_spec_dst 0 and index 0 then: the header's destination stands in
+    for IPv4), and an IPv4 broadcast (the local address is ipi_spec_dst, the address the kernel would answer
+    from, not the broadcast address in ipi_addr)."""
+    with wildcard_pair(family, host, pktinfo=False) as (rx, tx), \
+            wildcard_pair(family, host, pktinfo=False) as (ref, _):
+        targets = targets_of(family)[:3]
+        if family == socket.AF_INET:
+            tx.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        for sock in (rx, ref):
+            tx.sendto(b"early", (targets[-1], sock.getsockname()[1]))
+            _sockopts.set_pktinfo(sock, True)
+            for target in targets:
+                tx.sendto(target.encode(), (target, sock.getsockname()[1]))
+            if family == socket.AF_INET:  # lo's broadcast address (the local table's "broadcast 127.255.255.255")
+                tx.sendto(b"broadcast", ("127.255.255.255", sock.getsockname()[1]))
+        count = len(targets) + (2 if family == socket.AF_INET else 1)
+        expected = []
+        space = socket.CMSG_SPACE(64)
+        for _ in range(count):
+            data, ancdata, _, addr = ref.recvmsg(100, space)
+            locals_ = [_sockopts.local_address(level, cdata, family == socket.AF_INET6)
+                       for level, kind, cdata in ancdata]
+            assert len(locals_) == 1 and locals_[0] is not None
+            expected.append((data, addr, locals_[0]))
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, True)
+        pump(receiver, rx, lambda: len(rec.got) == count)
+        assert rec.got == expected
+        if family == socket.AF_INET:
+            assert rec.got[0][2] == LocalAddress(targets[-1], 0)  # queued before: ipi_addr, no index
+            assert rec.got[-1][0] == b"broadcast"
+            assert rec.got[-1][2].host != "127.255.255.255"
+
+
+def test_without_a_pktinfo_message_the_wildcard_stands_in(family: int, host: str) -> None:
+    """The option off (a handler that takes local addresses on a socket nobody turned it on for): the local
+    address is the family's wildcard, udpio._sockopts.UNKNOWN_LOCAL's (as the Python strategies give)."""
+    with wildcard_pair(family, host, pktinfo=False) as (rx, tx):
+        tx.sendto(b"x", (host, rx.getsockname()[1]))
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, False)
+        pump(receiver, rx, lambda: len(rec.got) == 1)
+        assert rec.got[0][2] == _sockopts.UNKNOWN_LOCAL[family] == LocalAddress(WILDCARD[family])
+
+
+def test_plain_handlers_ignore_local_addresses_the_socket_carries() -> None:
+    """The option on, a handler without local addresses (datagrams queued before set_protocol turned it off):
+    delivered as (data, addr), the GRO segment size and drop counts still read (the control room fits all)."""
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        tx.sendto(b"plain", ("127.0.0.2", rx.getsockname()[1]))
+        sink, rec = Sink(), Recorder()
+        receiver = receiver_for(sink, rx, rec.datagram_received)
+        assert not receiver.pktinfo
+        pump(receiver, rx, lambda: len(rec.got) == 1)
+        assert rec.got == [(b"plain", tx.getsockname())]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_gro_trains_give_every_piece_the_trains_local_address(family: int, host: str, batch: bool) -> None:
+    with wildcard_pair(family, host) as (rx, tx):
+        if not _sockopts.enable_gro(rx) or not _sockopts.gso_supported(tx):
+            pytest.skip("kernel without UDP GRO/GSO")
+        target = targets_of(family)[1 if family == socket.AF_INET else 0]
+        train = b"".join(bytes([i]) * 1000 for i in range(10)) + b"tail"
+        tx.sendmsg([train], [_sockopts.gso_cmsg(1000)], 0, (target, rx.getsockname()[1]))
+        tx.sendto(b"after", (host, rx.getsockname()[1]))
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, batch, limits=Limits(max_size=1000), buffer_size=RECV_BUFFER_SIZE)
+        pump(receiver, rx, lambda: len(rec.got) == 12)
+        assert [d for d, _, _ in rec.got] == [bytes([i]) * 1000 for i in range(10)] + [b"tail", b"after"]
+        assert [local for _, _, local in rec.got] == [LocalAddress(target, LO)] * 11 + [LocalAddress(host, LO)]
+        assert sink.counters.gro_batches >= 1, "the kernel delivered the GSO train without coalescing it"
+        assert sink.counters.datagrams_in == 12
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_local_handler_errors_go_to_handler_failed_with_the_address(batch: bool) -> None:
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        for i in range(6):
+            tx.sendto(bytes([i]), ("127.0.0.2", rx.getsockname()[1]))
+        sink = Sink()
+        calls: list[tuple[Any, ...]] = []
+
+        def handler(*args: Any) -> None:
+            calls.append(args)
+            raise ValueError(f"bad {len(calls)}")
+
+        key = "datagrams_received_on" if batch else "datagram_received_on"
+        receiver = core.Receiver(sink, rx.fileno(), Limits(batch_bytes=2), **{key: handler})
+        pump(receiver, rx, lambda: sink.counters.datagrams_in == 6)
+        assert len(sink.failures) == len(calls) == (3 if batch else 6)
+        assert all(type(exc) is ValueError and addr == tx.getsockname() for exc, addr in sink.failures)
+        if not batch:
+            assert all(local == LocalAddress("127.0.0.2", LO) for _, _, local in calls)
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_stop_from_a_local_handler_counts_the_rest_as_dropped_on_close(batch: bool) -> None:
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        for i in range(20):
+            tx.sendto(bytes([i]) * 10, ("127.0.0.2", rx.getsockname()[1]))
+        sink = Sink()
+        calls: list[object] = []
+        holder: list[Any] = []
+
+        def handler(*args: Any) -> None:
+            calls.append(args)
+            if len(calls) == 3:
+                holder[0].stop()
+
+        key = "datagrams_received_on" if batch else "datagram_received_on"
+        receiver = core.Receiver(sink, rx.fileno(), Limits(batch_bytes=20), **{key: handler})
+        holder.append(receiver)
+        select.select([rx], [], [], 5)
+        receiver.read_event()
+        assert len(calls) == 3 and receiver.stopped
+        c = sink.counters
+        assert c.datagrams_in - c.dropped_on_close == (6 if batch else 3)
+        assert c.dropped_on_close > 0
+        assert c.bytes_in == 10 * c.datagrams_in
+        assert c.datagrams_in + len(drain_socket(rx)) == 20
+
+
+def test_kernel_drops_are_read_alongside_local_addresses() -> None:
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        _sockopts.set_rcvbuf(rx, 4096)
+        if not _sockopts.enable_rxq_ovfl(rx):
+            pytest.skip("kernel without SO_RXQ_OVFL")
+        dest = ("127.0.0.2", rx.getsockname()[1])
+        for _ in range(200):
+            tx.sendto(b"d" * 512, dest)
+        while len(drain_socket(rx)) > 0:
+            pass
+        tx.sendto(b"after the flood", dest)
+        sink, rec = Sink(), LocalRecorder()
+        receiver = local_receiver(sink, rx, rec, False)
+        pump(receiver, rx, lambda: len(rec.got) == 1)
+        assert rec.got[0][0] == b"after the flood" and rec.got[0][2] == LocalAddress("127.0.0.2", LO)
+        assert sink.counters.kernel_drops > 0
+
+
+def test_local_handlers_check_their_arguments() -> None:
+    sink, rec, plain = Sink(), LocalRecorder(), Recorder()
+    with pytest.raises(TypeError, match="exactly one of datagram_received, datagrams_received, datagram_rec"):
+        core.Receiver(sink, 0, Limits(), datagram_received=plain.datagram_received,
+                      datagram_received_on=rec.datagram_received_on)
+    with pytest.raises(TypeError, match="exactly one of"):
+        core.Receiver(sink, 0, Limits(), datagram_received_on=rec.datagram_received_on,
+                      datagrams_received_on=rec.datagrams_received_on)
+    with pytest.raises(TypeError, match="must be callable, got 'x'"):
+        core.Receiver(sink, 0, Limits(), datagrams_received_on="x")
+    read, write = os.pipe()
+    try:
+        with pytest.raises(ValueError, match=rf"fileno must be an IPv4 or IPv6 socket .*, got {read} \(.*socket"):
+            core.Receiver(sink, read, Limits(), datagram_received_on=rec.datagram_received_on)
+    finally:
+        os.close(read)
+        os.close(write)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+        with pytest.raises(ValueError, match=rf"got {unix.fileno()} \(family {socket.AF_UNIX}\)"):
+            core.Receiver(sink, unix.fileno(), Limits(), datagram_received_on=rec.datagram_received_on)
+        # Without local addresses the family is not asked for (the descriptor is only read from).
+        assert not core.Receiver(sink, unix.fileno(), Limits(), datagram_received=plain.datagram_received).pktinfo
+
+
+def test_local_receivers_release_their_references() -> None:
+    """The cached LocalAddress objects and the handler go with the Receiver; a transport-like cycle through a
+    local handler is collected."""
+
+    class Transport:
+        def __init__(self, sock: socket.socket) -> None:
+            self.counters = Counters()
+            self.strategy = core.Receiver(self, sock.fileno(), Limits(), datagram_received_on=self.on)
+            self.got: list[LocalAddress] = []
+
+        def receive_error(self, exc: OSError) -> bool:
+            return False
+
+        def handler_failed(self, exc: Exception, addr: object) -> None:
+            pass
+
+        def on(self, data: bytes, addr: Any, local: LocalAddress) -> None:
+            self.got.append(local)
+
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        transport = Transport(rx)
+        tx.sendto(b"one", ("127.0.0.2", rx.getsockname()[1]))
+        pump(transport.strategy, rx, lambda t=transport: len(t.got) == 1)
+        local = transport.got[0]
+        held = sys.getrefcount(local)
+        alive = weakref.ref(transport)
+        del transport
+        gc.collect()
+        assert alive() is None
+        assert sys.getrefcount(local) < held  # the Receiver's cache let go of it too
+
+
 # -- construction and lifetime -------------------------------------------------------------------
 
 
@@ -851,6 +1156,100 @@ def test_send_pairs_gso_trains_carry_the_right_bytes() -> None:
         assert [d for d, _ in drain_socket(b)] == [pairs[100][0]]
 
 
+# -- send_pairs with sources ((data, dest, source) triples) -----------------------------------------
+
+
+def test_send_pairs_sends_triples_from_their_sources(family: int, host: str) -> None:
+    """Triples carry the control message of _sockopts.pktinfo_cmsg; each datagram leaves from its source
+    (the receivers see it as the sender), None leaves it to the kernel; pairs and triples mix."""
+    sources = ["127.0.0.2", "127.0.0.3", None] if family == socket.AF_INET else ["::1", None]
+    with receivers(family, host, 3) as peers, socket.socket(family, socket.SOCK_DGRAM) as tx:
+        if family == socket.AF_INET6:
+            _sockopts.set_v6only(tx, True)
+        tx.bind((WILDCARD[family], 0))
+        tx.setblocking(False)
+        items: list[Any] = []
+        for i in range(90):
+            source = None if i % 5 == 0 else sources[i % len(sources)]  # every fifth a plain pair
+            cmsg = None if source is None else _sockopts.pktinfo_cmsg(family, source, False)
+            dest = peers[i % 3].getsockname()
+            data = f"{i}:{source}".encode()
+            items.append((data, dest) if i % 5 == 0 else (data, dest, cmsg))
+        assert core.send_pairs(tx, items, 0) == len(items)
+        port = tx.getsockname()[1]
+        for peer in peers:
+            got = drain_socket(peer)
+            sent = [item for item in items if item[1] == peer.getsockname()]
+            assert [d for d, _ in got] == [item[0] for item in sent]
+            for data, addr in got:
+                assert addr[1] == port
+                source = data.decode().partition(":")[2]
+                assert addr[0] == (host if source == "None" else source)
+
+
+def test_send_pairs_from_a_mapped_source_on_a_dual_stack_socket() -> None:
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as tx:
+        _sockopts.set_v6only(tx, False)
+        tx.bind(("::", 0))
+        tx.setblocking(False)
+        cmsg = _sockopts.pktinfo_cmsg(socket.AF_INET6, "127.0.0.3", True)
+        dest = ("::ffff:127.0.0.1", peer.getsockname()[1])
+        assert core.send_pairs(tx, [(b"a", dest, cmsg), (b"b", dest, cmsg)], 0) == 2
+        assert drain_socket(peer) == [(b"a", ("127.0.0.3", tx.getsockname()[1])),
+                                      (b"b", ("127.0.0.3", tx.getsockname()[1]))]
+
+
+def test_send_pairs_joins_gso_runs_only_from_one_source() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx, \
+            contextlib.closing(_gro_receiver(socket.AF_INET, LO4)) as rx:
+        tx.bind(("0.0.0.0", 0))
+        if not _sockopts.gso_supported(tx):
+            pytest.skip("kernel without UDP GSO")
+        dest = rx.getsockname()
+        two = _sockopts.pktinfo_cmsg(socket.AF_INET, "127.0.0.2", False)
+        three = _sockopts.pktinfo_cmsg(socket.AF_INET, "127.0.0.3", False)
+        items = [(b"x" * 100, dest, two)] * 4 + [(b"y" * 100, dest, three)] * 3 + [(b"z" * 100, dest, None)] * 2
+        assert core.send_pairs(tx, items, 0) == len(items)
+        assert _receive_trains(rx) == [(400, 100), (300, 100), (200, 100)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a control message",
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO, b"short"),
+        (socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(12)),
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO, bytearray(12)),
+        (socket.IPPROTO_IP, _sockopts.IP_PKTINFO),
+    ],
+    ids=["str", "short", "other-kind", "bytearray", "two-fields"],
+)
+def test_send_pairs_stops_before_a_source_it_cannot_send(bad: Any) -> None:
+    """Anything but None or one well-formed pktinfo message is left to the caller's sendmsg (which raises or
+    sends as it always does): the index of that triple is returned, what came before is sent."""
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind((LO4, 0))
+        dest = peer.getsockname()
+        items = [(b"a", dest, None), (b"b", dest, bad), (b"c", dest, None)]
+        assert core.send_pairs(tx, items, 0) == 1
+        assert [d for d, _ in drain_socket(peer)] == [b"a"]
+
+
+def test_send_pairs_leaves_a_source_the_kernel_refuses_to_sendmsg() -> None:
+    """192.0.2.1 (TEST-NET-1) is no address of this host: the kernel refuses that message; the index of it is
+    returned (the caller's sendmsg meets the same error and routes it), the rest can be sent after it."""
+    with receivers(socket.AF_INET, LO4, 1) as (peer,), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.bind(("0.0.0.0", 0))
+        dest = peer.getsockname()
+        foreign = _sockopts.pktinfo_cmsg(socket.AF_INET, "192.0.2.1", False)
+        items = [(b"a", dest, None), (b"b", dest, foreign), (b"c", dest, None), (b"d", dest, None)]
+        assert core.send_pairs(tx, items, 0) == 1
+        with pytest.raises(OSError):
+            tx.sendmsg([b"b"], [foreign], 0, dest)
+        assert core.send_pairs(tx, items, 2) == 4
+        assert [d for d, _ in drain_socket(peer)] == [b"a", b"c", b"d"]
+
+
 # -- the factory the transport's strategy registry calls ---------------------------------------------
 
 
@@ -860,6 +1259,7 @@ class Config:
     gro: bool = False
     kernel_drops: bool = False
     zero_copy: bool = False
+    pktinfo: bool = False
 
 
 def test_build_receiver_picks_the_handler_from_the_protocol() -> None:
@@ -885,3 +1285,35 @@ def test_build_receiver_picks_the_handler_from_the_protocol() -> None:
             assert protocol.got == expected
         with pytest.raises(ValueError, match="no zero-copy mode"):
             build_receiver(rx, Single(), Config(zero_copy=True), Sink())
+
+
+def test_build_receiver_with_pktinfo_picks_the_local_handler() -> None:
+    """config.pktinfo: datagrams_received_on if the protocol has it, else datagram_received_on (the Python
+    strategies' choice); the plain handlers are not called."""
+    from udpio._io_core import build_receiver
+
+    class Single:
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, LocalAddress]] = []
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            raise AssertionError("the plain handler was chosen")
+
+        datagrams_received = datagram_received
+
+        def datagram_received_on(self, data: bytes, addr: Any, local: LocalAddress) -> None:
+            self.got.append((data, local))
+
+    class Lists(Single):
+        def datagrams_received_on(self, batch: list[tuple[bytes, Any, LocalAddress]]) -> None:
+            self.got += [(b"list:" + data, local) for data, _, local in batch]
+
+    with wildcard_pair(socket.AF_INET, LO4) as (rx, tx):
+        for protocol, expected in ((Single(), b"hi"), (Lists(), b"list:hi")):
+            sink = Sink()
+            receiver = build_receiver(rx, protocol, Config(pktinfo=True), sink)
+            assert receiver.pktinfo and receiver.batch == isinstance(protocol, Lists)
+            tx.sendto(b"hi", ("127.0.0.3", rx.getsockname()[1]))
+            pump(receiver, rx, lambda p=protocol: len(p.got) == 1)
+            assert protocol.got == [(expected, LocalAddress("127.0.0.3", LO))]
+            assert sink.failures == []

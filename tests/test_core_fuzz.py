@@ -3,7 +3,8 @@
 Each example sends datagrams of sizes 0..65507 (zero-length, exactly max_size, one byte over, cut by the
 kernel) and drives a Receiver through as many events as it takes, with handlers that keep every bytes object
 they get (the receive arena is reused across batches: a view into it would show later datagrams), raise, or
-stop the Receiver mid-batch. Run also under ``PYTHONMALLOC=debug`` and ``-X dev`` by .ci/run.
+stop the Receiver mid-batch, with or without local addresses (IP_PKTINFO / IPV6_PKTINFO). Run also under
+``PYTHONMALLOC=debug`` and ``-X dev`` by .ci/run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from udpio import _sockopts
+from udpio import LocalAddress, _sockopts
 from udpio._limits import MAX_PAYLOAD_IPV4
 
 from .conftest import IPV6
@@ -62,6 +63,7 @@ def scenarios(draw: Any) -> dict[str, Any]:
         "family": draw(st.sampled_from(FAMILIES)),
         "sizes": sizes,
         "batch": draw(st.booleans()),
+        "local": draw(st.booleans()),
         "max_size": _max_size(draw, sizes),
         "per_event": draw(st.integers(1, 300)),
         "batch_bytes": draw(st.integers(1, 70000)),
@@ -86,10 +88,13 @@ def test_every_datagram_is_delivered_whole_or_counted(scenario: dict[str, Any]) 
         _sockopts.set_rcvbuf(rx, 1 << 22)
         rx.bind((host, 0))
         tx.bind((host, 0))
+        if scenario["local"]:
+            _sockopts.set_pktinfo(rx, True)
         for data in payloads:
             tx.sendto(data, rx.getsockname())
 
         sink = Sink()
+        locals_: list[LocalAddress] = []
         kept: list[tuple[Any, Any]] = []  # every object a handler was given, kept to the end
         calls = 0
         holder: list[Any] = []
@@ -102,18 +107,22 @@ def test_every_datagram_is_delivered_whole_or_counted(scenario: dict[str, Any]) 
             if scenario["raise_every"] and calls % scenario["raise_every"] == 0:
                 raise ValueError(f"call {calls}")
 
-        def one(data: bytes, addr: Any) -> None:
+        def one(data: bytes, addr: Any, *local: LocalAddress) -> None:
             kept.append((data, addr))
+            locals_.extend(local)
             after_call()
 
         lists: list[list[tuple[bytes, Any]]] = []
 
-        def many(batch: list[tuple[bytes, Any]]) -> None:
-            lists.append(batch)
-            kept.extend(batch)
+        def many(batch: list[Any]) -> None:
+            lists.append([item[:2] for item in batch])
+            kept.extend(item[:2] for item in batch)
+            locals_.extend(item[2] for item in batch if len(item) == 3)
             after_call()
 
         handler = {"datagrams_received": many} if scenario["batch"] else {"datagram_received": one}
+        if scenario["local"]:  # the same handlers, given each datagram's local address too
+            handler = {name + "_on": function for name, function in handler.items()}
         receiver = core.Receiver(sink, rx.fileno(), limits, **handler)
         holder.append(receiver)
 
@@ -130,6 +139,8 @@ def test_every_datagram_is_delivered_whole_or_counted(scenario: dict[str, Any]) 
         delivered = [data for data, _ in kept]
         assert all(type(d) is bytes for d in delivered)
         assert {addr for _, addr in kept} <= {tx.getsockname()}
+        local_index = socket.if_nametoindex("lo")
+        assert locals_ == ([LocalAddress(host, local_index)] * len(kept) if scenario["local"] else [])
         # Whole, in order, and unchanged by every later receive into the same arena.
         assert delivered == expected[: len(delivered)]
         assert len(sink.failures) == (calls // scenario["raise_every"] if scenario["raise_every"] else 0)

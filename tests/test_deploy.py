@@ -188,10 +188,12 @@ def test_wildcard_echo_answers_from_the_vip(loop: str, family: int) -> None:
         assert server.finish() == (2, 2)
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["sendto", "send_batch"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_replies_queued_behind_a_full_send_buffer_keep_their_source(loop: str) -> None:
+def test_replies_queued_behind_a_full_send_buffer_keep_their_source(loop: str, batch: bool) -> None:
     """Behind a slow qdisc the send buffer fills (EAGAIN): replies with a source wait in udpio's queue and
-    leave, in order, from the address given (127.0.0.2 on the namespace's lo)."""
+    leave, in order, from the address given (127.0.0.2 on the namespace's lo); sent one by one, or as one
+    batch of triples (through the compiled backend's sendmmsg where it runs)."""
     if shutil.which("tc") is None:
         pytest.skip("needs tc (iproute2) to slow the namespace's loopback")
     with netns("vq") as ns:
@@ -203,8 +205,13 @@ def test_replies_queued_behind_a_full_send_buffer_keep_their_source(loop: str) -
                 receiver, proto = await udpio.listen(Collector, "127.0.0.1", 0, rcvbuf=1 << 20)
             try:
                 dest = receiver.get_extra_info("sockname")
-                for index in range(30):
-                    sender.sendto(b"%02d" % index + b"." * 998, dest, source="127.0.0.2")
+                # Each a byte longer than the one before: no two join a GSO run (one super-datagram would
+                # take the whole batch past the small send buffer at once).
+                replies = [b"%02d" % index + b"." * (998 + index) for index in range(30)]
+                if batch:
+                    sender.send_batch([(data, dest, "127.0.0.2") for data in replies])
+                for data in [] if batch else replies:
+                    sender.sendto(data, dest, source="127.0.0.2")
                 queued = sender.get_write_buffer_size()
                 got = [await proto.next(10.0) for _ in range(30)]
                 assert sender.counters.datagrams_out == 30

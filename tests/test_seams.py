@@ -293,6 +293,10 @@ async def test_without_forcing_the_transport_picks_by_protocol_and_options(host:
         def datagrams_received(self, batch: list[tuple[bytes, object]]) -> None:
             pass
 
+    class LocalBatches(asyncio.DatagramProtocol):
+        def datagrams_received_on(self, batch: list[tuple[bytes, object, udpio.LocalAddress]]) -> None:
+            pass
+
     # The compiled strategy, where the compiled core runs, is the default for everything but zero copy.
     compiled = udpio.IO_CORE == "compiled"
     cases: list[tuple[object, dict[str, bool], str]] = [
@@ -301,6 +305,8 @@ async def test_without_forcing_the_transport_picks_by_protocol_and_options(host:
         (Collector, {"track_kernel_drops": True}, "compiled" if compiled else "recvmsg"),
         (Batches, {"gro": True}, "compiled" if compiled else "recvmsg"),
         (Batches, {"zero_copy": True}, "zero_copy"),
+        (LocalBatches, {}, "compiled" if compiled else "recvmsg"),
+        (LocalBatches, {"zero_copy": True}, "zero_copy"),
     ]
     for factory, options, expected in cases:
         transport, _ = await udpio.listen(factory, host, 0, **options)  # type: ignore[arg-type]
@@ -308,6 +314,10 @@ async def test_without_forcing_the_transport_picks_by_protocol_and_options(host:
             assert transport.get_extra_info("receive_strategy") == expected, (factory, options)
         finally:
             transport.close()
+    # The echo server on the wildcard takes local addresses (reply_from_local): no slower path for it.
+    async with await udpio.start_echo("0.0.0.0" if host == "127.0.0.1" else "::", 0) as server:
+        assert server.protocol.datagrams_received_on is not None
+        assert server.transport.get_extra_info("receive_strategy") == ("compiled" if compiled else "recvmsg")
 
 
 async def test_forcing_a_strategy_that_cannot_read_a_feature_is_refused(host: str) -> None:

@@ -3,10 +3,12 @@
  *
  * What the interpreter cannot do cheaply is the drain loop itself: per datagram a method call, a tuple, a
  * bytes object, and an exception at EAGAIN. Here one readiness event runs in C: recvmmsg(2) fills up to
- * RECV_BATCH datagrams at once, each becomes `bytes` plus the same address tuple socket.recvfrom would give,
- * and the protocol's handler is called through vectorcall. The only Python left per datagram is the handler.
- * send_pairs() is the send path's batch backend: many (data, destination) pairs in one sendmmsg(2), with
- * consecutive pairs to one destination joined into UDP GSO runs (udp(7), UDP_SEGMENT).
+ * RECV_BATCH datagrams at once, each becomes `bytes` plus the same address tuple socket.recvfrom would give
+ * (and, for a handler that takes it, the udpio.LocalAddress its IP_PKTINFO / IPV6_PKTINFO message names), and
+ * the protocol's handler is called through vectorcall. The only Python left per datagram is the handler.
+ * send_pairs() is the send path's batch backend: many (data, destination) pairs, or (data, destination,
+ * source) triples, in one sendmmsg(2), with consecutive pairs to one destination (from one source) joined
+ * into UDP GSO runs (udp(7), UDP_SEGMENT).
  *
  * Both follow the contracts of SEAMS.md (ReceiveStrategy: read_event/stop; send_pairs). Error semantics are
  * those of the Python path: EAGAIN/EINTR end the event, every other receive error goes to
@@ -48,7 +50,7 @@
 #endif
 
 /* Datagrams asked of one recvmmsg(2). 64 amortises the system call (measured: 64-byte datagrams gain little
- * past 32) while keeping the stack arrays of one call under 10 KiB. */
+ * past 32) while keeping the stack arrays of one call under 16 KiB. */
 #define RECV_BATCH 64
 /* The first recvmmsg of a read event asks for at least this many (see drain). */
 #define FIRST_BATCH_MIN 4
@@ -67,14 +69,26 @@
 /* Peers whose address tuple is remembered per Receiver (direct-mapped, a power of two). */
 #define ADDR_CACHE_BITS 8
 #define ADDR_CACHE_SIZE (1 << ADDR_CACHE_BITS)
+/* Local addresses (LocalAddress objects) remembered per Receiver: a host has few addresses a socket is sent
+ * to (direct-mapped, a power of two). */
+#define LOCAL_CACHE_BITS 4
+#define LOCAL_CACHE_SIZE (1 << LOCAL_CACHE_BITS)
 /* Receive slots are this much apart beyond their size: with 64 KiB slots, a multiple of the page size
  * would put every small datagram in the same cache set. */
 #define SLOT_PAD 64
 
-/* Room for the control messages a receive may carry: UDP_GRO (an int, the segment size) and SO_RXQ_OVFL
- * (a uint32, the kernel's drop count). */
-#define RECV_CONTROL_SPACE (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)))
-#define SEND_CONTROL_SPACE CMSG_SPACE(sizeof(uint16_t))
+/* Room for the control messages a receive may carry: UDP_GRO (an int, the segment size), SO_RXQ_OVFL (a
+ * uint32, the kernel's drop count), IP_PKTINFO and IPV6_PKTINFO (the local address: an IPv4 peer of a
+ * dual-stack socket brings both, see udpio/_sockopts.py, set_pktinfo). The room is always given, so that a
+ * socket whose option is on while its handler does not take local addresses (datagrams queued before
+ * set_protocol turned it off) never has its GRO segment size cut off (MSG_CTRUNC). */
+#define RECV_CONTROL_SPACE                                                                                    \
+    (CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(uint32_t)) + CMSG_SPACE(sizeof(struct in_pktinfo)) +       \
+     CMSG_SPACE(sizeof(struct in6_pktinfo)))
+/* A message's control messages: UDP_SEGMENT (a GSO run) and the source address (IP_PKTINFO, or IPV6_PKTINFO,
+ * the larger, which also carries IPv4 sources on a dual-stack socket). */
+#define SEND_CONTROL_SPACE (CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(struct in6_pktinfo)))
+#define SOURCE_MAX sizeof(struct in6_pktinfo)
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Module state                                                                                           */
@@ -283,6 +297,83 @@ fail:
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* Local addresses (IP_PKTINFO / IPV6_PKTINFO)                                                            */
+
+/* A datagram's local address reduced to what its udpio.LocalAddress shows, as three 64-bit words:
+ * word 0: family << 32 | interface index; words 1-2: the address (IPv4 in the first 4 bytes of word 1, the
+ * rest zero). Family 0: the receive carried no usable pktinfo message (the wildcard stands in). */
+typedef struct {
+    uint64_t word[3];
+} local_key;
+
+typedef struct {
+    local_key key;
+    PyObject *local; /* the LocalAddress; NULL for an empty slot */
+} local_slot;
+
+/* ::ffff:0:0/96 (RFC 4291 2.5.5.2): how an IPv6 socket writes an IPv4 address. */
+static const unsigned char mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+
+static inline void
+local_key_set(local_key *key, int family, int index, const void *addr, size_t addr_len)
+{
+    /* max(index, 0), as udpio/_sockopts.py's local_address (ipi6_ifindex is unsigned in glibc's header but
+     * read as a C int there, so an index past INT_MAX reads 0 on both sides). */
+    uint32_t interface = index > 0 ? (uint32_t)index : 0;
+    key->word[0] = (uint64_t)(uint32_t)family << 32 | interface;
+    key->word[1] = key->word[2] = 0;
+    memcpy(&key->word[1], addr, addr_len);
+}
+
+/* The local address of an IP_PKTINFO message (ip(7)), exactly as udpio/_sockopts.py's local_address reads
+ * it (see its docstring for the kernel's side): the host is ipi_spec_dst; when that is 0 (the datagram was
+ * queued before the option was set) and the header's destination ipi_addr is unicast (first byte in
+ * 1..223: not 0/8, a group or a broadcast), ipi_addr. `mapped`: the socket is IPv6, the address is written
+ * ::ffff:a.b.c.d as the socket writes its IPv4 peers. */
+static void
+local_from_in_pktinfo(local_key *key, const struct cmsghdr *c, int mapped)
+{
+    struct in_pktinfo info;
+    memcpy(&info, CMSG_DATA(c), sizeof(info));
+    struct in_addr host = info.ipi_spec_dst;
+    const unsigned char *header = (const unsigned char *)&info.ipi_addr;
+    if (host.s_addr == 0 && header[0] > 0 && header[0] < 224) {
+        host = info.ipi_addr;
+    }
+    if (mapped) {
+        unsigned char addr[16];
+        memcpy(addr, mapped_prefix, sizeof(mapped_prefix));
+        memcpy(addr + sizeof(mapped_prefix), &host, sizeof(host));
+        local_key_set(key, AF_INET6, info.ipi_ifindex, addr, sizeof(addr));
+    }
+    else {
+        local_key_set(key, AF_INET, info.ipi_ifindex, &host, sizeof(host));
+    }
+}
+
+/* The local address of an IPV6_PKTINFO message (ipv6(7), RFC 3542 6.1): the header's destination, ipi6_addr;
+ * a group address (ff00::/8), which cannot be a source, reads :: (as in udpio/_sockopts.py). */
+static void
+local_from_in6_pktinfo(local_key *key, const struct cmsghdr *c)
+{
+    struct in6_pktinfo info;
+    memcpy(&info, CMSG_DATA(c), sizeof(info));
+    if (info.ipi6_addr.s6_addr[0] == 0xFF) {
+        memset(&info.ipi6_addr, 0, sizeof(info.ipi6_addr));
+    }
+    local_key_set(key, AF_INET6, (int)info.ipi6_ifindex, &info.ipi6_addr, sizeof(info.ipi6_addr));
+}
+
+static inline size_t
+local_hash(const local_key *key)
+{
+    uint64_t h = key->word[0] * 0x9E3779B97F4A7C15ull;
+    h = (h ^ key->word[1]) * 0xC2B2AE3D27D4EB4Full;
+    h = (h ^ key->word[2]) * 0x165667B19E3779F9ull;
+    return (size_t)(h >> (64 - LOCAL_CACHE_BITS));
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Receiver                                                                                               */
 
 typedef struct {
@@ -290,7 +381,9 @@ typedef struct {
     core_state *state;
     PyObject *sink;    /* ReceiveSink: counters, receive_error, handler_failed; NULL after stop() */
     PyObject *handler; /* datagram_received or datagrams_received; NULL after stop() */
-    int batch;         /* the handler takes lists of (data, addr) */
+    int batch;         /* the handler takes lists of (data, addr), or of (data, addr, local) */
+    int local;         /* the handler takes local addresses: datagram(s)_received_on */
+    int mapped;        /* local: the socket is IPv6 (its IPv4 local addresses are written mapped) */
     int fd;
     int stopped;
     int in_event;
@@ -300,6 +393,12 @@ typedef struct {
     Py_ssize_t batch_bytes;
     int last_count; /* datagrams the previous read event received: sizes its first recvmmsg */
     addr_slot cache[ADDR_CACHE_SIZE];
+    /* local: udpio.LocalAddress, and the one that stands in when a receive carries no pktinfo message
+     * (udpio._sockopts.UNKNOWN_LOCAL[family], the wildcard of the socket's family, as the Python strategies
+     * use); NULL otherwise. */
+    PyObject *local_type;
+    PyObject *unknown_local;
+    local_slot local_cache[LOCAL_CACHE_SIZE];
 } Receiver;
 
 /* One readiness event's running totals, added to sink.counters when it ends (or per list, in batch mode,
@@ -341,6 +440,44 @@ peer_address(Receiver *self, const ip_sockaddr *sa, socklen_t len)
     Py_INCREF(addr);
     Py_XSETREF(slot->addr, addr);
     return addr;
+}
+
+/* The LocalAddress for a receive's local address: the stand-in when it had none, else from the cache, else
+ * built (LocalAddress(host, interface), as udpio/_sockopts.py builds it) and remembered. This runs Python code
+ * (the dataclass's checks), so never between a recvmmsg and the copy-out of its datagrams. New reference. */
+static PyObject *
+local_for(Receiver *self, const local_key *key)
+{
+    int family = (int)(key->word[0] >> 32);
+    if (family == 0) {
+        return Py_NewRef(self->unknown_local);
+    }
+    local_slot *slot = &self->local_cache[local_hash(key)];
+    if (slot->local != NULL && ((slot->key.word[0] ^ key->word[0]) | (slot->key.word[1] ^ key->word[1]) |
+                                (slot->key.word[2] ^ key->word[2])) == 0) {
+        return Py_NewRef(slot->local);
+    }
+    char host[INET6_ADDRSTRLEN];
+    if (inet_ntop(family, &key->word[1], host, sizeof(host)) == NULL) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *args[3] = {NULL, NULL, NULL};
+    if ((args[1] = PyUnicode_DecodeASCII(host, (Py_ssize_t)strlen(host), NULL)) == NULL) {
+        return NULL;
+    }
+    if ((args[2] = PyLong_FromUnsignedLong((uint32_t)key->word[0])) == NULL) {
+        Py_DECREF(args[1]);
+        return NULL;
+    }
+    PyObject *local = PyObject_Vectorcall(self->local_type, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(args[1]);
+    Py_DECREF(args[2]);
+    if (local == NULL) {
+        return NULL;
+    }
+    slot->key = *key;
+    Py_XSETREF(slot->local, Py_NewRef(local));
+    return local;
 }
 
 static int
@@ -489,7 +626,7 @@ deliver_list(Receiver *self, event *ev)
         /* The handler may have emptied the list it was given: then there is no last address. */
         Py_ssize_t n = PyList_GET_SIZE(list);
         PyObject *last = n > 0 ? PyList_GET_ITEM(list, n - 1) : NULL;
-        PyObject *addr = last != NULL && PyTuple_Check(last) && PyTuple_GET_SIZE(last) == 2
+        PyObject *addr = last != NULL && PyTuple_Check(last) && PyTuple_GET_SIZE(last) >= 2
                              ? PyTuple_GET_ITEM(last, 1)
                              : Py_None;
         Py_INCREF(addr);
@@ -500,9 +637,10 @@ deliver_list(Receiver *self, event *ev)
     return rc;
 }
 
-/* Deliver one datagram (a new reference to its bytes is stolen). 0, or -1 with an exception set. */
+/* Deliver one datagram (a new reference to its bytes is stolen), with its local address (borrowed) when the
+ * handler takes them. 0, or -1 with an exception set. */
 static int
-deliver(Receiver *self, event *ev, PyObject *data, const ip_sockaddr *sa, socklen_t salen)
+deliver(Receiver *self, event *ev, PyObject *data, const ip_sockaddr *sa, socklen_t salen, PyObject *local)
 {
     PyObject *addr = peer_address(self, sa, salen);
     if (addr == NULL) {
@@ -516,7 +654,7 @@ deliver(Receiver *self, event *ev, PyObject *data, const ip_sockaddr *sa, sockle
             Py_DECREF(addr);
             return -1;
         }
-        PyObject *item = PyTuple_New(2);
+        PyObject *item = PyTuple_New(self->local ? 3 : 2);
         if (item == NULL) {
             Py_DECREF(data);
             Py_DECREF(addr);
@@ -524,6 +662,9 @@ deliver(Receiver *self, event *ev, PyObject *data, const ip_sockaddr *sa, sockle
         }
         PyTuple_SET_ITEM(item, 0, data);
         PyTuple_SET_ITEM(item, 1, addr);
+        if (self->local) {
+            PyTuple_SET_ITEM(item, 2, Py_NewRef(local));
+        }
         int rc = PyList_Append(ev->list, item);
         Py_DECREF(item);
         if (rc < 0) {
@@ -536,8 +677,9 @@ deliver(Receiver *self, event *ev, PyObject *data, const ip_sockaddr *sa, sockle
     ev->bytes += size;
     /* args[-1] is scratch space the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET): a bound method puts
      * its self there instead of allocating a new argument array. */
-    PyObject *args[3] = {NULL, data, addr};
-    PyObject *result = PyObject_Vectorcall(ev->handler, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *args[4] = {NULL, data, addr, local};
+    size_t nargs = self->local ? 3 : 2;
+    PyObject *result = PyObject_Vectorcall(ev->handler, args + 1, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     int rc = 0;
     if (result != NULL) {
         Py_DECREF(result);
@@ -562,6 +704,7 @@ typedef struct {
     } control[RECV_BATCH];
     PyObject *payload[RECV_BATCH]; /* the copied datagram (or GRO train), NULL if dropped */
     int segment[RECV_BATCH];       /* UDP_GRO segment size, 0 if none */
+    local_key local[RECV_BATCH];   /* the local address (when the handler takes them) */
 } recv_batch;
 
 static Py_ssize_t
@@ -570,12 +713,33 @@ slot_stride(const Receiver *self)
     return ((self->buffer_size + 63) & ~(Py_ssize_t)63) + SLOT_PAD;
 }
 
-/* Read the control messages of one receive: the GRO segment size and the kernel's drop count. */
+/* Read the control messages of one receive: the GRO segment size, the kernel's drop count, and, when `local`
+ * is not NULL, the local address. IP_PKTINFO wins over IPV6_PKTINFO whatever their order (an IPv4 peer of a
+ * dual-stack socket brings both, and only IP_PKTINFO carries ipi_spec_dst); a message too short to be one
+ * is skipped; with neither, the key's family is 0. The same rules as the Python strategies
+ * (udpio/_receive/_recvmsg.py). */
 static void
-parse_control(struct msghdr *msg, int *segment, long long *kernel_drops)
+parse_control(struct msghdr *msg, int *segment, long long *kernel_drops, local_key *local, int mapped)
 {
     *segment = 0;
+    int have_v4 = 0, have_v6 = 0;
+    local_key v6;
+    if (local != NULL) {
+        memset(local, 0, sizeof(*local));
+    }
     for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (local != NULL && c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct in_pktinfo))) {
+            local_from_in_pktinfo(local, c, mapped);
+            have_v4 = 1;
+            continue;
+        }
+        if (local != NULL && c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(struct in6_pktinfo))) {
+            local_from_in6_pktinfo(&v6, c);
+            have_v6 = 1;
+            continue;
+        }
         if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
             int value;
             memcpy(&value, CMSG_DATA(c), sizeof(value));
@@ -587,6 +751,9 @@ parse_control(struct msghdr *msg, int *segment, long long *kernel_drops)
             memcpy(&value, CMSG_DATA(c), sizeof(value));
             *kernel_drops = value;
         }
+    }
+    if (have_v6 && !have_v4) {
+        *local = v6;
     }
 }
 
@@ -600,7 +767,7 @@ copy_out(Receiver *self, event *ev, recv_batch *rb, int n)
         struct msghdr *msg = &rb->msgs[i].msg_hdr;
         Py_ssize_t len = (Py_ssize_t)rb->msgs[i].msg_len;
         rb->payload[i] = NULL;
-        parse_control(msg, &rb->segment[i], &ev->kernel_drops);
+        parse_control(msg, &rb->segment[i], &ev->kernel_drops, self->local ? &rb->local[i] : NULL, self->mapped);
         if (msg->msg_flags & MSG_TRUNC) {
             /* Longer than buffer_size: the kernel dropped the rest (udp(7)); never delivered cut short. */
             ev->oversize += 1;
@@ -635,8 +802,19 @@ deliver_message(Receiver *self, event *ev, recv_batch *rb, int i)
     socklen_t salen = rb->msgs[i].msg_hdr.msg_namelen;
     Py_ssize_t len = PyBytes_GET_SIZE(payload);
     Py_ssize_t segment = rb->segment[i];
-    if (segment == 0 || len <= segment) {
-        return deliver(self, ev, payload, sa, salen);
+    int train = segment > 0 && len > segment;
+    /* One local address per receive: every piece of a GRO train has the train's (the kernel coalesces
+     * datagrams of one flow only). */
+    PyObject *local = NULL;
+    if (self->local && (local = local_for(self, &rb->local[i])) == NULL) {
+        count_undelivered(ev, train ? (len + segment - 1) / segment : 1, len);
+        Py_DECREF(payload);
+        return -1;
+    }
+    if (!train) {
+        int rc = deliver(self, ev, payload, sa, salen, local);
+        Py_XDECREF(local);
+        return rc;
     }
     /* UDP GRO: the kernel coalesced equal-sized datagrams from one sender; the last may be shorter. */
     ev->gro_batches += 1;
@@ -649,13 +827,14 @@ deliver_message(Receiver *self, event *ev, recv_batch *rb, int i)
         }
         else {
             PyObject *piece = PyBytes_FromStringAndSize(PyBytes_AS_STRING(payload) + start, size);
-            rc = piece == NULL ? -1 : deliver(self, ev, piece, sa, salen);
+            rc = piece == NULL ? -1 : deliver(self, ev, piece, sa, salen, local);
         }
         start += size;
     }
     if (start < len) {
         count_undelivered(ev, (len - start + segment - 1) / segment, len - start);
     }
+    Py_XDECREF(local);
     Py_DECREF(payload);
     return rc;
 }
@@ -821,6 +1000,53 @@ Receiver_get_batch(Receiver *self, void *Py_UNUSED(closure))
     return PyBool_FromLong(self->batch);
 }
 
+static PyObject *
+Receiver_get_pktinfo(Receiver *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->local);
+}
+
+/* What a Receiver whose handler takes local addresses needs: the socket's family (an IPv6 socket writes its
+ * IPv4 local addresses mapped, and its stand-in is ::), udpio.LocalAddress, and the stand-in for a receive
+ * without a pktinfo message, both from udpio._sockopts, whose local_address the C side mirrors. 0, or -1
+ * with an exception set. */
+static int
+local_support(Receiver *self, int fd)
+{
+    int family = 0;
+    socklen_t family_len = sizeof(family);
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &family_len) < 0) {
+        int err = errno;
+        PyErr_Format(PyExc_ValueError,
+                     "fileno must be an IPv4 or IPv6 socket to read local addresses from, got %d (%s)", fd,
+                     strerror(err));
+        return -1;
+    }
+    if (family != AF_INET && family != AF_INET6) {
+        PyErr_Format(PyExc_ValueError,
+                     "fileno must be an IPv4 or IPv6 socket to read local addresses from, got %d (family %d)",
+                     fd, family);
+        return -1;
+    }
+    self->mapped = family == AF_INET6;
+    PyObject *sockopts = PyImport_ImportModule("udpio._sockopts");
+    if (sockopts == NULL) {
+        return -1;
+    }
+    PyObject *unknown = PyObject_GetAttrString(sockopts, "UNKNOWN_LOCAL");
+    self->local_type = PyObject_GetAttrString(sockopts, "LocalAddress");
+    Py_DECREF(sockopts);
+    if (unknown == NULL || self->local_type == NULL) {
+        Py_XDECREF(unknown);
+        return -1;
+    }
+    PyObject *key = PyLong_FromLong(family);
+    self->unknown_local = key == NULL ? NULL : PyObject_GetItem(unknown, key);
+    Py_XDECREF(key);
+    Py_DECREF(unknown);
+    return self->unknown_local == NULL ? -1 : 0;
+}
+
 /* Read a non-negative int attribute of the limits object into *out. */
 static int
 read_limit(PyObject *limits, PyObject *name, Py_ssize_t low, Py_ssize_t high, Py_ssize_t *out)
@@ -850,25 +1076,33 @@ read_limit(PyObject *limits, PyObject *name, Py_ssize_t low, Py_ssize_t high, Py
 static PyObject *
 Receiver_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"sink", "fileno", "limits", "datagram_received", "datagrams_received",
-                               "buffer_size", NULL};
-    PyObject *sink, *limits, *one = Py_None, *many = Py_None;
+    static char *keywords[] = {"sink",          "fileno", "limits", "datagram_received", "datagrams_received",
+                               "datagram_received_on", "datagrams_received_on", "buffer_size", NULL};
+    /* The handlers in keyword order: per datagram, lists, per datagram with local address, lists of them. */
+    PyObject *sink, *limits, *handlers[4] = {Py_None, Py_None, Py_None, Py_None};
     int fd;
     Py_ssize_t buffer_size = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiO|$OOn:Receiver", keywords, &sink, &fd, &limits, &one,
-                                     &many, &buffer_size)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OiO|$OOOOn:Receiver", keywords, &sink, &fd, &limits,
+                                     &handlers[0], &handlers[1], &handlers[2], &handlers[3], &buffer_size)) {
         return NULL;
     }
     if (fd < 0) {
         PyErr_Format(PyExc_ValueError, "fileno must be an open file descriptor (>= 0), got %d", fd);
         return NULL;
     }
-    if ((one == Py_None) == (many == Py_None)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "exactly one of datagram_received and datagrams_received must be given");
+    int given = 0, kind = 0;
+    for (int k = 0; k < 4; k++) {
+        if (handlers[k] != Py_None) {
+            given += 1;
+            kind = k;
+        }
+    }
+    if (given != 1) {
+        PyErr_SetString(PyExc_TypeError, "exactly one of datagram_received, datagrams_received, "
+                                         "datagram_received_on and datagrams_received_on must be given");
         return NULL;
     }
-    PyObject *handler = one != Py_None ? one : many;
+    PyObject *handler = handlers[kind];
     if (!PyCallable_Check(handler)) {
         PyErr_Format(PyExc_TypeError, "the handler must be callable, got %R", handler);
         return NULL;
@@ -912,12 +1146,17 @@ Receiver_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->state = st;
     self->sink = Py_NewRef(sink);
     self->handler = Py_NewRef(handler);
-    self->batch = many != Py_None;
+    self->batch = kind == 1 || kind == 3;
+    self->local = kind >= 2;
     self->fd = fd;
     self->buffer_size = buffer_size;
     self->max_size = max_size;
     self->per_event = per_event;
     self->batch_bytes = batch_bytes;
+    if (self->local && local_support(self, fd) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
     return (PyObject *)self;
 }
 
@@ -927,6 +1166,11 @@ Receiver_traverse(Receiver *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->sink);
     Py_VISIT(self->handler);
+    Py_VISIT(self->local_type);
+    Py_VISIT(self->unknown_local);
+    for (int i = 0; i < LOCAL_CACHE_SIZE; i++) {
+        Py_VISIT(self->local_cache[i].local);
+    }
     /* The cached tuples hold only str and int: they cannot be part of a cycle. */
     return 0;
 }
@@ -938,6 +1182,11 @@ Receiver_clear(Receiver *self)
     Py_CLEAR(self->handler);
     for (int i = 0; i < ADDR_CACHE_SIZE; i++) {
         Py_CLEAR(self->cache[i].addr);
+    }
+    Py_CLEAR(self->local_type);
+    Py_CLEAR(self->unknown_local);
+    for (int i = 0; i < LOCAL_CACHE_SIZE; i++) {
+        Py_CLEAR(self->local_cache[i].local);
     }
     return 0;
 }
@@ -953,12 +1202,16 @@ Receiver_dealloc(Receiver *self)
 }
 
 PyDoc_STRVAR(Receiver_doc,
-"Receiver(sink, fileno, limits, *, datagram_received=None, datagrams_received=None, buffer_size=0)\n\
+"Receiver(sink, fileno, limits, *, datagram_received=None, datagrams_received=None,\n\
+         datagram_received_on=None, datagrams_received_on=None, buffer_size=0)\n\
 --\n\
 \n\
 A receive strategy (SEAMS.md) run in C: read_event() drains the socket with recvmmsg and calls the\n\
 handler; stop() ends delivery for good. Exactly one handler is given: datagram_received(data, addr) per\n\
-datagram, or datagrams_received(list) with lists of (data, addr) of about limits.batch_bytes bytes.\n\
+datagram, or datagrams_received(list) with lists of (data, addr) of about limits.batch_bytes bytes;\n\
+datagram_received_on(data, addr, local) and datagrams_received_on(list of (data, addr, local)) also\n\
+get each datagram's local address (a udpio.LocalAddress read from IP_PKTINFO / IPV6_PKTINFO, which\n\
+the caller turns on; the family's wildcard when a receive carries none).\n\
 limits gives recv_size, max_size, per_event and batch_bytes; buffer_size (default limits.recv_size) is\n\
 what each receive asks of the kernel: 65536 with UDP GRO, whose trains are split at the segment size.\n\
 The Receiver does not own the descriptor.");
@@ -975,6 +1228,7 @@ static PyMethodDef Receiver_methods[] = {
 static PyGetSetDef Receiver_getset[] = {
     {"stopped", (getter)Receiver_get_stopped, NULL, "Whether stop() was called.", NULL},
     {"batch", (getter)Receiver_get_batch, NULL, "Whether the handler takes lists.", NULL},
+    {"pktinfo", (getter)Receiver_get_pktinfo, NULL, "Whether the handler takes local addresses.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1070,6 +1324,56 @@ destination(PyObject *dest, int family, ip_sockaddr *out, socklen_t *len)
     return 1;
 }
 
+/* The control message choosing a datagram's source address, as udpio/_sockopts.py's pktinfo_cmsg builds it
+ * (level, type, data): IP_PKTINFO with a struct in_pktinfo, or IPV6_PKTINFO with a struct in6_pktinfo. len 0:
+ * none (the kernel picks the source). */
+typedef struct {
+    int level;
+    int type;
+    size_t len;
+    unsigned char data[SOURCE_MAX];
+} source_cmsg;
+
+/* Read the third item of a (data, dest, source) triple: None, or one (level, type, bytes) control message of
+ * the two kinds above with the exact size of its struct. 1: done; 0: anything else, left to the caller (its
+ * sendmsg raises or sends as it always does). Never raises. */
+static int
+source_from(PyObject *item, source_cmsg *out)
+{
+    out->len = 0;
+    if (item == Py_None) {
+        return 1;
+    }
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3 || !PyLong_Check(PyTuple_GET_ITEM(item, 0)) ||
+        !PyLong_Check(PyTuple_GET_ITEM(item, 1)) || !PyBytes_Check(PyTuple_GET_ITEM(item, 2))) {
+        return 0;
+    }
+    long level = PyLong_AsLong(PyTuple_GET_ITEM(item, 0));
+    long type = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *data = PyTuple_GET_ITEM(item, 2);
+    size_t len = (size_t)PyBytes_GET_SIZE(data);
+    if (!(level == IPPROTO_IP && type == IP_PKTINFO && len == sizeof(struct in_pktinfo)) &&
+        !(level == IPPROTO_IPV6 && type == IPV6_PKTINFO && len == sizeof(struct in6_pktinfo))) {
+        return 0;
+    }
+    out->level = (int)level;
+    out->type = (int)type;
+    out->len = len;
+    memcpy(out->data, PyBytes_AS_STRING(data), len);
+    return 1;
+}
+
+static inline int
+source_equal(const source_cmsg *a, const source_cmsg *b)
+{
+    return a->len == b->len &&
+           (a->len == 0 || (a->level == b->level && a->type == b->type && memcmp(a->data, b->data, a->len) == 0));
+}
+
 /* One sendmmsg's worth of messages, on the stack. */
 typedef struct {
     struct mmsghdr msgs[SEND_BATCH];
@@ -1082,6 +1386,7 @@ typedef struct {
     size_t segment[SEND_BATCH];   /* the GSO segment size: the run's first datagram */
     size_t run_bytes[SEND_BATCH]; /* bytes in the run */
     int open[SEND_BATCH];         /* the run may take more datagrams (none shorter than the segment yet) */
+    source_cmsg source[SEND_BATCH]; /* the message's source address, if it has one */
     struct iovec iov[SEND_MAX_DATAGRAMS];
     Py_buffer views[SEND_MAX_DATAGRAMS];
     int nmsgs;
@@ -1108,7 +1413,9 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
      * change the list under us. */
     for (Py_ssize_t j = index; j < PySequence_Fast_GET_SIZE(seq) && sb->nviews < SEND_MAX_DATAGRAMS; j++) {
         PyObject *pair = PySequence_Fast_GET_ITEM(seq, j);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        source_cmsg source;
+        if (!PyTuple_Check(pair) || (PyTuple_GET_SIZE(pair) != 2 && PyTuple_GET_SIZE(pair) != 3) ||
+            !source_from(PyTuple_GET_SIZE(pair) == 3 ? PyTuple_GET_ITEM(pair, 2) : Py_None, &source)) {
             sb->blocked = 1;
             break;
         }
@@ -1132,11 +1439,13 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
         }
         size_t size = (size_t)view->len;
         int m = sb->nmsgs - 1;
-        /* Join the current run when the destination is the same and the size allows (udp(7): all
-         * segments the same size, the last one may be shorter; zero-length datagrams cannot be segments). */
+        /* Join the current run when the destination and the source are the same and the size allows
+         * (udp(7): all segments the same size, the last one may be shorter; zero-length datagrams cannot
+         * be segments). */
         if (gso && m >= 0 && sb->open[m] && size > 0 && size <= sb->segment[m] &&
             sb->pairs[m] < GSO_MAX_SEGMENTS && sb->run_bytes[m] + size <= GSO_MAX_BYTES &&
-            sb->msgs[m].msg_hdr.msg_namelen == namelen && memcmp(&sb->names[m], &name, namelen) == 0) {
+            sb->msgs[m].msg_hdr.msg_namelen == namelen && memcmp(&sb->names[m], &name, namelen) == 0 &&
+            source_equal(&sb->source[m], &source)) {
             sb->pairs[m] += 1;
             sb->run_bytes[m] += size;
             sb->open[m] = size == sb->segment[m];
@@ -1152,6 +1461,7 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
             sb->segment[m] = size;
             sb->run_bytes[m] = size;
             sb->open[m] = size > 0 && size <= GSO_MAX_BYTES;
+            sb->source[m] = source;
             memset(&sb->msgs[m], 0, sizeof(sb->msgs[m]));
             sb->msgs[m].msg_hdr.msg_name = namelen ? &sb->names[m] : NULL;
             sb->msgs[m].msg_hdr.msg_namelen = namelen;
@@ -1162,19 +1472,33 @@ prepare(send_batch *sb, PyObject *seq, Py_ssize_t index, int family, int gso)
         sb->nviews += 1;
         sb->msgs[m].msg_hdr.msg_iovlen = (size_t)sb->pairs[m];
     }
-    /* A run of several datagrams asks the kernel to cut it at the segment size (UDP_SEGMENT, a uint16). */
+    /* A run of several datagrams asks the kernel to cut it at the segment size (UDP_SEGMENT, a uint16); a
+     * message with a source carries it (ip(7), ipv6(7); the kernel reads both per message of a sendmmsg). */
     for (int m = 0; m < sb->nmsgs; m++) {
-        if (sb->pairs[m] > 1) {
-            struct msghdr *msg = &sb->msgs[m].msg_hdr;
-            memset(sb->control[m].buf, 0, sizeof(sb->control[m].buf));
-            msg->msg_control = sb->control[m].buf;
-            msg->msg_controllen = sizeof(sb->control[m].buf);
-            struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+        int gso_run = sb->pairs[m] > 1;
+        if (!gso_run && sb->source[m].len == 0) {
+            continue;
+        }
+        struct msghdr *msg = &sb->msgs[m].msg_hdr;
+        memset(sb->control[m].buf, 0, sizeof(sb->control[m].buf));
+        msg->msg_control = sb->control[m].buf;
+        /* Exactly the room used: the kernel reads every header within msg_controllen. */
+        msg->msg_controllen = (gso_run ? CMSG_SPACE(sizeof(uint16_t)) : 0) +
+                              (sb->source[m].len ? CMSG_SPACE(sb->source[m].len) : 0);
+        struct cmsghdr *c = CMSG_FIRSTHDR(msg);
+        if (gso_run) {
             c->cmsg_level = SOL_UDP;
             c->cmsg_type = UDP_SEGMENT;
             c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
             uint16_t segment = (uint16_t)sb->segment[m];
             memcpy(CMSG_DATA(c), &segment, sizeof(segment));
+            c = (struct cmsghdr *)((char *)c + CMSG_SPACE(sizeof(uint16_t)));
+        }
+        if (sb->source[m].len) {
+            c->cmsg_level = sb->source[m].level;
+            c->cmsg_type = sb->source[m].type;
+            c->cmsg_len = CMSG_LEN(sb->source[m].len);
+            memcpy(CMSG_DATA(c), sb->source[m].data, sb->source[m].len);
         }
     }
 }
@@ -1209,9 +1533,12 @@ PyDoc_STRVAR(send_pairs_doc,
 "send_pairs(sock, pairs, start, *, gso=True)\n\
 --\n\
 \n\
-Send pairs[start:] ((data, dest) tuples; dest None on a connected socket) in order with sendmmsg, as\n\
+Send pairs[start:] ((data, dest) tuples; dest None on a connected socket; or (data, dest, source)\n\
+triples, source None or the (level, type, bytes) IP_PKTINFO / IPV6_PKTINFO control message that sends\n\
+from a local address, as udpio._sockopts.pktinfo_cmsg builds it) in order with sendmmsg, as\n\
 many as the kernel takes without blocking; return the index of the first pair not sent (len(pairs) when\n\
-all went). Consecutive pairs to one destination go as UDP GSO runs unless gso is false. It never raises\n\
+all went). Consecutive pairs to one destination (from one source) go as UDP GSO runs unless gso is\n\
+false. It never raises\n\
 for the pair at the returned index: the caller sends that one with its ordinary sendto, which meets the\n\
 error (EAGAIN, ECONNREFUSED, EMSGSIZE...) or the bad argument and handles it as always.");
 

@@ -16,7 +16,10 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from ._addr import LocalAddress
 
 #: The two I/O cores.
 IoCore: TypeAlias = Literal["compiled", "python"]
@@ -44,6 +47,8 @@ class Config(Protocol):
     def gro(self) -> bool: ...
     @property
     def zero_copy(self) -> bool: ...
+    @property
+    def pktinfo(self) -> bool: ...
 
 
 class ReceiveStrategy(Protocol):
@@ -53,8 +58,9 @@ class ReceiveStrategy(Protocol):
     def stop(self) -> None: ...
 
 
-#: ``send_pairs(sock, pairs, start) -> int``, SEAMS.md's batch send backend.
-SendPairs: TypeAlias = Callable[[socket.socket, Sequence[tuple[Any, Any]], int], int]
+#: ``send_pairs(sock, pairs, start) -> int``, SEAMS.md's batch send backend; ``pairs`` may also be
+#: ``(data, dest, source)`` triples, ``source`` ``None`` or the control message of ``_sockopts.pktinfo_cmsg``.
+SendPairs: TypeAlias = Callable[[socket.socket, Sequence[tuple[Any, ...]], int], int]
 
 
 def _load() -> ModuleType | None:
@@ -84,11 +90,15 @@ def compiled_receiver(
     *,
     datagram_received: Callable[[bytes, Any], object] | None = None,
     datagrams_received: Callable[[list[tuple[bytes, Any]]], object] | None = None,
+    datagram_received_on: Callable[[bytes, Any, LocalAddress], object] | None = None,
+    datagrams_received_on: Callable[[list[tuple[bytes, Any, LocalAddress]]], object] | None = None,
     buffer_size: int | None = None,
 ) -> ReceiveStrategy | None:
     """The compiled receive strategy for one (transport, protocol), or ``None`` on the Python path.
 
-    ``sink`` is the transport's ``ReceiveSink``; exactly one handler is given. ``buffer_size`` is what each
+    ``sink`` is the transport's ``ReceiveSink``; exactly one handler is given. The ``_on`` handlers also get
+    each datagram's :class:`~udpio.LocalAddress`, read from ``IP_PKTINFO`` / ``IPV6_PKTINFO`` control messages
+    (the caller turns the option on, ``_sockopts.set_pktinfo``). ``buffer_size`` is what each
     receive asks of the kernel (default ``limits.recv_size``); with UDP GRO on, pass ``RECV_BUFFER_SIZE``:
     trains are split at the segment size the kernel reports, and ``SO_RXQ_OVFL`` counts are read when the
     socket has that option on. Zero copy (memoryview delivery) has no compiled strategy: keep the Python one.
@@ -102,6 +112,8 @@ def compiled_receiver(
         limits,
         datagram_received=datagram_received,
         datagrams_received=datagrams_received,
+        datagram_received_on=datagram_received_on,
+        datagrams_received_on=datagrams_received_on,
         buffer_size=buffer_size or 0,
     )
     return receiver
@@ -110,14 +122,22 @@ def compiled_receiver(
 def build_receiver(sock: socket.socket, protocol: Any, config: Config, sink: Any) -> ReceiveStrategy:
     """The compiled strategy as a receive-strategy factory (``factory(sock, protocol, config, sink)``, the
     transport's registry shape): the handler is chosen here, once, as every strategy chooses it (lists for
-    a protocol with ``datagrams_received``). It reads GRO trains and ``SO_RXQ_OVFL`` counts; it has no
-    zero-copy mode. Only call it when :data:`IO_CORE` is ``"compiled"``."""
+    a protocol with ``datagrams_received``; with ``config.pktinfo``, ``datagrams_received_on`` or else
+    ``datagram_received_on``, given each datagram's local address). It reads GRO trains, ``SO_RXQ_OVFL``
+    counts and local addresses; it has no zero-copy mode. Only call it when :data:`IO_CORE` is
+    ``"compiled"``."""
     if _core is None:
         raise RuntimeError("udpio's compiled I/O core is not in use (see udpio.IO_CORE)")
     if config.zero_copy:
         raise ValueError("the compiled receive strategy has no zero-copy mode; use the Python one")
-    many = getattr(protocol, "datagrams_received", None)
-    handlers = {"datagrams_received": many} if many is not None else {"datagram_received": protocol.datagram_received}
+    # The Python strategies' choice (_receive/_seam.py, StrategyBase): lists if the protocol takes them, else
+    # one call per datagram; with local addresses, the _on pair.
+    suffix = "_on" if config.pktinfo else ""
+    many = getattr(protocol, "datagrams_received" + suffix, None)
+    if many is not None:
+        handlers = {"datagrams_received" + suffix: many}
+    else:
+        handlers = {"datagram_received" + suffix: getattr(protocol, "datagram_received" + suffix)}
     # A GRO train holds up to 64 KiB of payload (one UDP length field): receive into the largest buffer.
     buffer_size = _core.MAX_BUFFER_SIZE if config.gro else 0
     receiver: ReceiveStrategy = _core.Receiver(sink, sock.fileno(), config.limits, buffer_size=buffer_size, **handlers)

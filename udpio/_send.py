@@ -9,7 +9,8 @@ function, :func:`send_pairs` (SEAMS.md): this module's is a loop over ``sendto``
 
 A datagram sent with a ``source`` (the local address to send from, :class:`~udpio.LocalAddress`) goes out
 through ``sendmsg`` with an ``IP_PKTINFO`` / ``IPV6_PKTINFO`` control message (built once per source, see
-``_sockopts.pktinfo_cmsg``), never through the batch backend: ``sendmmsg`` batches carry no control messages.
+``_sockopts.pktinfo_cmsg``); a batch of ``(data, addr, source)`` triples goes through the compiled backend
+where it runs (``sendmmsg`` with that control message per message), else one ``sendmsg`` each.
 
 Invariants a reader can rely on:
 
@@ -403,14 +404,47 @@ class SendPath:
                 raise DatagramTooLargeError(size, top, family_name(self._family))
             dest = self._destinations.check(addr)
             checked.append((data, dest, None if source is None else self._ancillary(source, dest), size))
+        backend = BACKEND
+        if backend is not None and len(checked) > 1 and not self._buffer and self._destinations.peer is None:
+            self._send_checked_from(checked, backend)
+            return
         for data, dest, ancillary, size in checked:
-            if ancillary is None:
-                if self._closing:
-                    self._counters.dropped_on_close += 1
-                else:
-                    self.sendto(data, dest)
+            self._send_one_from(data, dest, ancillary, size)
+
+    def _send_one_from(self, data: Buffer, dest: Address | None, ancillary: _Ancillary | None, size: int) -> None:
+        """One checked datagram of a batch of triples, as :meth:`sendto` (with its source) would send it."""
+        if ancillary is None:
+            if self._closing:
+                self._counters.dropped_on_close += 1
             else:
-                self._send_from(data, dest, ancillary, size)
+                self.sendto(data, dest)
+        else:
+            self._send_from(data, dest, ancillary, size)
+
+    def _send_checked_from(
+        self, checked: list[tuple[Buffer, Address | None, _Ancillary | None, int]], backend: Callable[..., int]
+    ) -> None:
+        """Checked triples through the compiled backend (``sendmmsg``, each message with its source's control
+        message), with :meth:`send_batch`'s rules: the one the backend stops at goes through the single path
+        (which queues on EAGAIN, or meets and routes the error), then the backend takes the rest; once the
+        kernel is full or the path closed, the rest queue behind it, or are counted."""
+        items = [(data, dest, None if ancillary is None else ancillary[0]) for data, dest, ancillary, _ in checked]
+        counters = self._counters
+        count = len(items)
+        start = 0
+        while start < count:
+            # One left: the single path's sendmsg is one system call, the backend's poll + sendmmsg two.
+            stop = backend(self._sock, items, start, gso=self._gso_probed()) if count - start > 1 else start
+            counters.datagrams_out += stop - start
+            counters.bytes_out += sum(size for _, _, _, size in checked[start:stop])
+            if stop == count:
+                return
+            self._send_one_from(*checked[stop])
+            if self._closing or self._buffer:
+                for data, dest, ancillary, size in checked[stop + 1 :]:
+                    self._queue(bytes(data), dest if ancillary is None else _Sourced(dest, ancillary), size)
+                return
+            start = stop + 1
 
     # -- many datagrams ------------------------------------------------------------------------------
 
@@ -485,12 +519,16 @@ class SendPath:
         # poll(2) whether an error is pending before its sendmmsg, see SEAMS.md, core's amendment 3).
         if BACKEND is None or len(pairs) - start < 2:
             return pairs_until_error(self._sock, pairs, start)
-        if self._gso is None:  # once per transport: GSO runs only where the kernel has UDP_SEGMENT
+        return BACKEND(self._sock, pairs, start, gso=self._gso_probed()), None
+
+    def _gso_probed(self) -> bool:
+        """Whether the compiled backend may send GSO runs (asked of the kernel once per transport)."""
+        if self._gso is None:  # GSO runs only where the kernel has UDP_SEGMENT
             try:
                 self._gso = _sockopts.gso_supported(self._sock)
             except OSError:  # the socket failed under us: the sends below meet the error and route it
                 self._gso = False
-        return BACKEND(self._sock, pairs, start, gso=self._gso), None
+        return self._gso
 
     def send_many(self, datagrams: Sequence[Buffer], addr: Any = None) -> None:
         """Several datagrams to one destination: runs of equal sizes as one GSO ``sendmsg`` each where the

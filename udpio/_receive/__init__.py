@@ -7,18 +7,18 @@ strategy            reads with                                             the t
 ==================  =====================================================  ======================================
 ``per_datagram``    ``recvfrom``; one ``datagram_received`` call each       the protocol has no ``datagrams_received``
 ``batch``           ``recvfrom``; lists for ``datagrams_received``          the protocol has ``datagrams_received``
-``recvmsg``         ``recvmsg`` + control messages (GRO, ``SO_RXQ_OVFL``)  ``gro`` or ``track_kernel_drops``
+``recvmsg``         ``recvmsg`` + control messages (GRO, ``SO_RXQ_OVFL``)  ``gro``, kernel drops, local addresses
 ``zero_copy``       ``recvmsg_into`` a reused arena; ``memoryview`` slices  ``zero_copy``
-``compiled``        ``recvmmsg`` in C (``udpio._core``); either handler     everything but ``zero_copy``, wherever
+``compiled``        ``recvmmsg`` in C (``udpio._core``); all but views      everything but ``zero_copy``, wherever
                                                                            the compiled core runs (``IO_CORE``)
 ==================  =====================================================  ======================================
 
 The first three are the defaults on the pure-Python path; where the compiled core runs it takes their place
 (registered last, see :func:`choose`), and they serve only when forced (the tests).
 
-Every strategy honours the same delivery contract (SEAMS.md): either handler shape, the same size rule
-(:class:`~udpio._limits.ReceiveLimits`), counters added per event or per list, handler errors to the sink,
-nothing delivered after ``stop()``.
+Every strategy honours the same delivery contract (SEAMS.md): either handler shape (and, for those that read
+``pktinfo``, either shape with local addresses), the same size rule (:class:`~udpio._limits.ReceiveLimits`),
+counters added per event or per list, handler errors to the sink, nothing delivered after ``stop()``.
 
 The registry is the one list tests are parametrized from (``tests/conftest.py``): a strategy registered with
 :func:`register` when its module imports (the compiled one) joins the transport's choice and the test matrix
@@ -114,11 +114,13 @@ register(StrategySpec("recvmsg", Recvmsg, _CONTROL, lambda c, batch: bool(c.feat
 register(StrategySpec("zero_copy", ZeroCopy, _CONTROL | {"zero_copy"}, lambda c, b: c.zero_copy))
 if _io_core.IO_CORE == "compiled":
     # Registered last, so it is the default wherever it can serve (every configuration but zero copy: views
-    # into a reused buffer stay Python's, see ZeroCopy; and but pktinfo, which the compiled receiver does not
-    # read yet). UDPIO_NO_EXTENSIONS=1 leaves it out of the registry, hence out of the transport's choice and
-    # of the test matrix.
+    # into a reused buffer stay Python's, see ZeroCopy). UDPIO_NO_EXTENSIONS=1 leaves it out of the registry,
+    # hence out of the transport's choice and of the test matrix.
     register(
         StrategySpec(
-            "compiled", _io_core.build_receiver, frozenset({"gro", "kernel_drops"}), lambda c, b: not c.zero_copy
+            "compiled",
+            _io_core.build_receiver,
+            frozenset({"gro", "kernel_drops", "pktinfo"}),
+            lambda c, b: not c.zero_copy,
         )
     )
