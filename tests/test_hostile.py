@@ -620,6 +620,34 @@ def test_sigint_while_the_cli_starts_is_quiet() -> None:
     assert "Traceback" not in done.stderr
 
 
+#: A real SIGINT delivered while udpio itself is being imported (the longest part of start-up, ~0.3 s): a
+#: finder on sys.meta_path sends it when udpio/__init__ asks for its first private module.
+_SIGINT_DURING_IMPORT = (
+    "import os, signal, sys\n"
+    "class Interrupt:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'udpio._errors':\n"
+    "            sys.meta_path.remove(self)\n"
+    "            os.kill(os.getpid(), signal.SIGINT)\n"
+    "        return None\n"
+    "sys.meta_path.insert(0, Interrupt())\n"
+    "sys.argv = ['udpio', 'echo', '127.0.0.1', '0']\n"
+)
+
+
+def test_sigint_while_udpio_is_imported_by_the_console_script_is_quiet() -> None:
+    """The rest of the review's start-up window: the ``udpio`` console script imports udpio inside its own
+    ``try`` (``_udpio_cli``, outside the package), so a Ctrl-C there ends it quietly too. The same Ctrl-C
+    with the package's own entry function, imported unguarded, is the traceback the review saw."""
+    guarded = _SIGINT_DURING_IMPORT + "import _udpio_cli\n_udpio_cli.main()\n"
+    done = subprocess.run([sys.executable, "-c", guarded], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    unguarded = _SIGINT_DURING_IMPORT + "from udpio._cli import console_main\nconsole_main()\n"
+    done = subprocess.run([sys.executable, "-c", unguarded], capture_output=True, text=True, timeout=60, check=False)
+    assert "KeyboardInterrupt" in done.stderr  # the window the guard closes is real
+
+
 def test_listen_escapes_backslashes_so_output_is_unambiguous() -> None:
     listener = subprocess.Popen([*PY, "listen", "127.0.0.1", "0", "-c", "3"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
