@@ -5,11 +5,11 @@ Rules on private attributes (``x._name``, single underscore, where ``x`` is not 
 checked on the AST of every module in ``udpio/`` and ``compat/``:
 
 A. *The transport's privacy.* Outside the transport's own modules (``_transport.py``, ``_send.py``,
-   ``_receive/``, and ``_fallback.py``, its subclass for loops without ``add_reader``), no access to a name
-   that is a private attribute of the transport or of its parts (the send path, every registered receive
-   strategy): the names are read from live objects, so a new private attribute is covered the day it is
-   added. A private name shared by accident with another class (say ``_closing``) counts as a violation too:
-   rename, or use the public surface.
+   ``_send_from.py``, ``_receive/``, and ``_fallback.py``, its subclass for loops without ``add_reader``), no
+   access to a name that is a private attribute of the transport or of its parts (the send path, every
+   registered receive strategy): the names are read from live objects, so a new private attribute is covered
+   the day it is added. A private name shared by accident with another class (say ``_closing``) counts as a
+   violation too: rename, or use the public surface.
 B. *Layers are clients.* In ``compat/``, a private attribute may only be one that a class of ``compat/``
    itself defines (a port and its bridge, the reactor and its ports are one unit), never udpio's or
    Twisted's, with one exception named below. In ``udpio/`` (outside the transport's modules) a module may
@@ -39,7 +39,7 @@ from ._helpers import Collector
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: The transport's own modules: the only code that may use its private parts.
-TRANSPORT_MODULES = {"udpio/_transport.py", "udpio/_send.py", "udpio/_fallback.py"} | {
+TRANSPORT_MODULES = {"udpio/_transport.py", "udpio/_send.py", "udpio/_send_from.py", "udpio/_fallback.py"} | {
     str(path.relative_to(ROOT)) for path in (ROOT / "udpio" / "_receive").glob("*.py")
 }
 #: Private attributes of Twisted that compat must read: AsyncioSelectorReactor keeps its asyncio loop in

@@ -38,7 +38,8 @@ from ._errors import EndpointBrokenError, EndpointClosedError, InvalidAddressErr
 from ._limits import ReceiveLimits
 from ._options import TransportOptions
 from ._receive._seam import has_local_handler
-from ._send import Buffer, SendPath
+from ._send import SendPath
+from ._send_from import Buffer
 
 logger = logging.getLogger("udpio")
 
