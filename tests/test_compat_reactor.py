@@ -879,7 +879,10 @@ def test_held_writes_to_many_peers_go_out_in_one_batch(reactor: UdpioReactor, ho
 
     async def body() -> list[Any]:
         peer_ports[0].write(b"go", (host, server.getHost().port))
-        return [[(await peer.next())[0] for _ in range(3)] for peer in peers]
+        got: list[Any] = []
+        for peer in peers:  # not a nested comprehension: Python 3.10 refuses await in the inner one
+            got.append([(await peer.next())[0] for _ in range(3)])
+        return got
 
     got = run(reactor, body)
     assert got == [[b"0", b"3", b"6"], [b"1", b"4", b"7"], [b"2", b"5", b"8"]]
